@@ -1,0 +1,1 @@
+"""merc: data_manifests/adapters."""
