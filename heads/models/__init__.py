@@ -1,1 +1,1 @@
-"""merc: heads/models."""
+"""Head models: one module per published model, plus baselines. See heads/registry.py."""
