@@ -1,1 +1,62 @@
-"""merc: data_manifests/adapters."""
+"""Corpus adapters, one module per corpus (lhotse style), behind one name -> loader registry.
+
+The CLI and the pipelines only ever say ``load_manifest("meld", root, **options)``, so adding a
+corpus means adding a module and one registry entry, and a typo in a name or an option gets an
+error that lists what is available instead of a bare KeyError/TypeError.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ManifestError
+from ..manifest import Manifest
+from .generic import load_generic
+from .iemocap import load_iemocap
+from .meld import load_meld
+
+AdapterFn = Callable[..., Manifest]
+
+ADAPTERS: dict[str, AdapterFn] = {
+    "meld": load_meld,
+    "iemocap": load_iemocap,
+    "manifest": load_generic,
+}
+
+
+def register_adapter(name: str, fn: AdapterFn) -> None:
+    """Add a corpus adapter: ``fn(root, **options) -> Manifest`` (a validated one)."""
+    if name in ADAPTERS and ADAPTERS[name] is not fn:
+        raise ValueError(f"adapter {name!r} is already registered to {ADAPTERS[name].__module__}")
+    ADAPTERS[name] = fn
+
+
+def adapter_options(name: str) -> list[str]:
+    """The keyword options an adapter accepts (for CLI help and error messages)."""
+    params = inspect.signature(_get(name)).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def load_manifest(name: str, root: str | Path, **options) -> Manifest:
+    """Load corpus `name` from `root` with the adapter's options; returns a validated Manifest."""
+    fn = _get(name)
+    known = adapter_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ManifestError(f"adapter {name!r} has no option(s) {', '.join(unknown)}", file=str(root),
+                            fix=f"use only {', '.join(known) or 'no options'}")
+    return fn(root, **options)
+
+
+def _get(name: str) -> AdapterFn:
+    key = name.strip().lower()
+    if key not in ADAPTERS:
+        raise ManifestError(f"unknown dataset {name!r}", file="--dataset",
+                            fix=f"use one of {', '.join(sorted(ADAPTERS))} (a CSV/JSONL file of your own: 'manifest')")
+    return ADAPTERS[key]
+
+
+__all__ = ["ADAPTERS", "adapter_options", "load_generic", "load_iemocap", "load_manifest", "load_meld",
+           "register_adapter"]
