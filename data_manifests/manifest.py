@@ -216,7 +216,8 @@ class Manifest:
     def digest(self) -> str:
         """Hash of what determines the features: ids, order, text, media spans, splits and labels.
 
-        Source rows and findings are left out so that moving a corpus folder does not invalidate a store.
+        Media paths, source rows and findings are left out, so that moving a corpus folder (or loading
+        it without its clips for text-only extraction) does not invalidate a store; the time spans stay in.
         """
         h = hashlib.sha256()
         h.update(json.dumps([s.to_dict() for s in self.label_spaces.values()], sort_keys=True).encode())
@@ -224,6 +225,5 @@ class Manifest:
             h.update(f"D\x00{d.id}\x00{d.split}\n".encode())
             for u in d.utterances:
                 labels = json.dumps(u.to_dict()["labels"], sort_keys=True)
-                media = u.media.rsplit("/", 1)[-1] if u.media else ""
-                h.update(f"U\x00{u.id}\x00{u.speaker}\x00{u.text}\x00{media}\x00{u.start}\x00{u.end}\x00{labels}\n".encode())
+                h.update(f"U\x00{u.id}\x00{u.speaker}\x00{u.text}\x00{u.start}\x00{u.end}\x00{labels}\n".encode())
         return h.hexdigest()[:16]

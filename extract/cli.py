@@ -1,0 +1,196 @@
+"""`merc-extract`: run a frozen encoder over a corpus into the Zarr store, and inspect stores.
+
+    merc-extract --dataset meld --root /data/MELD.Raw --encoder minilm --store cache.zarr
+    merc-extract status --store cache.zarr
+    merc-extract verify --store cache.zarr
+
+Heavy imports (torch, transformers, av) happen only once a command needs them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Extract frozen-encoder features of every utterance of a corpus into a Zarr store.")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _fail(exc: Exception) -> None:
+    from rich.markup import escape
+
+    _console().print(f"[bold red]error:[/] {escape(str(exc))}")
+    raise typer.Exit(2)
+
+
+@app.callback(invoke_without_command=True)
+def extract(
+    ctx: typer.Context,
+    dataset: Annotated[str | None, typer.Option(help="Corpus adapter: meld, iemocap, manifest (a CSV/JSONL you wrote).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Corpus folder (or the CSV/JSONL file for --dataset manifest).")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Encoder short name (see `merc-extract encoders`) or hf:<id-or-path>.")] = None,
+    store: Annotated[Path, typer.Option(help="Zarr store to write (created if missing).")] = Path("cache.zarr"),
+    feature_set: Annotated[str | None, typer.Option(help="Name of the feature set in the store [default: the encoder name].")] = None,
+    name: Annotated[str | None, typer.Option(help="Dataset name inside the store [default: --dataset].")] = None,
+    modalities: Annotated[str | None, typer.Option(help="MELD/IEMOCAP: 'text' to work from the transcripts alone [default: what the encoder needs].")] = None,
+    protocol: Annotated[str | None, typer.Option(help="IEMOCAP protocol: 6-erc, 4-erc or 4-ser.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes for decoding / openSMILE [default: by encoder].")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="Model weights: auto (fp16 on CUDA), fp32, fp16, bf16.")] = "auto",
+    pooling: Annotated[str | None, typer.Option(help="Pooling: mean or cls (text encoders).")] = None,
+    layers: Annotated[str | None, typer.Option(help="Layer: last, an index, or last4-mean.")] = None,
+    max_seconds: Annotated[float, typer.Option(help="Audio longer than this is cut (and reported).")] = 30.0,
+    channels: Annotated[str, typer.Option(help="Multichannel audio: downmix, center or first.")] = "downmix",
+    overwrite: Annotated[bool, typer.Option(help="Replace a feature set (or dataset) built with other settings.")] = False,
+    allow_missing: Annotated[bool, typer.Option(help="Exit 0 even if some utterances could not be extracted.")] = False,
+) -> None:
+    """Extract features (the default command), or run a subcommand."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not (dataset and root and encoder):
+        _fail(ValueError("--dataset, --root and --encoder are required (see merc-extract --help)"))
+    from merc.data_manifests.errors import MercError
+
+    try:
+        code = _run_extract(dataset, root, encoder, store, feature_set, name, modalities, protocol, workers,
+                            device, dtype, pooling, layers, max_seconds, channels, overwrite, allow_missing)
+    except MercError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+def _run_extract(dataset, root, encoder_name, store, feature_set, name, modalities, protocol, workers, device,
+                 dtype, pooling, layers, max_seconds, channels, overwrite, allow_missing) -> int:
+    from merc.data_manifests.adapters import load_manifest
+    from merc.extract.encoders import EncoderRequest, build_encoder, feature_set_name
+    from merc.extract.media import AudioPolicy
+    from merc.extract.runner import Extraction
+    from merc.extract.store import StoreWriter
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = _console()
+    req = EncoderRequest(encoder_name, pooling=pooling, layers=layers, device=device, dtype=dtype,
+                         audio=AudioPolicy(max_seconds=max_seconds, channels=channels))
+    enc = build_encoder(req)
+    options: dict = {}
+    if dataset in ("meld", "iemocap"):
+        options["modalities"] = tuple(modalities.split(",")) if modalities else (enc.modality,)
+    if protocol:
+        options["protocol"] = protocol
+    manifest = load_manifest(dataset, root, **options)
+    for finding in manifest.findings[:10]:
+        console.print(f"[yellow]note:[/] {finding}")
+    if len(manifest.findings) > 10:
+        console.print(f"[yellow]note:[/] ... and {len(manifest.findings) - 10} more findings")
+    ds_name = name or manifest.name
+    fs_name = feature_set or feature_set_name(encoder_name)
+    writer = StoreWriter(store, ds_name, fs_name)
+    writer.open(manifest, fingerprint={**enc.fingerprint(), "manifest": manifest.digest()}, info=enc.info(),
+                overwrite=overwrite)
+    job = Extraction(manifest, enc, writer, workers=workers)
+    done_before = len(writer.done_dialogues())
+    total_utts = manifest.n_utterances
+    if done_before == len(manifest.dialogues):
+        console.print(f"{ds_name}/{fs_name}: all {done_before} dialogues already extracted; nothing to do.")
+        stats = None
+    else:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("utts"),
+                      TimeRemainingColumn(), console=console, transient=False) as bar:
+            skipped_utts = sum(len(d) for d in manifest.dialogues if d.id in writer.done_dialogues())
+            task = bar.add_task(f"{enc.name} on {ds_name}", total=total_utts, completed=skipped_utts)
+            stats = job.run(progress=lambda n: bar.advance(task, n))
+    report = writer.finalize(manifest)
+    failed = report["utterances_failed"]
+    if stats is not None:
+        console.print(
+            f"{ds_name}/{fs_name}: wrote {stats.dialogues_written} dialogues ({stats.utterances_encoded} utterances, "
+            f"{stats.utterances_per_second:.0f} utt/s, {stats.seconds:.1f} s); {stats.dialogues_skipped} were already done.")
+        for note in stats.notes[:10]:
+            console.print(f"[yellow]note:[/] {note}")
+    for f in report["failures"][:20]:
+        console.print(f"[red]skipped[/] {f['utterance_id']}: {f['file']}"
+                      + (f", row {f['row']}" if f.get("row") is not None else "")
+                      + f": {f['problem']}. Fix: {f['fix']}")
+    if failed > 20:
+        console.print(f"[red]... and {failed - 20} more skipped utterances[/] (all in the store's report: "
+                      f"merc-extract status --store {store} --failures)")
+    console.print(f"[bold]{ds_name}/{fs_name}[/]: {report['dialogues_complete']}/{report['dialogues_total']} dialogues "
+                  f"complete, dim {enc.dim}, {failed} utterance(s) skipped; store: {store}")
+    if failed and not allow_missing:
+        console.print("[red]exit 1:[/] some utterances were skipped (pass --allow-missing to accept that).")
+        return 1
+    return 0
+
+
+@app.command()
+def status(store: Annotated[Path, typer.Option(help="Zarr store.")] = Path("cache.zarr"),
+           failures: Annotated[bool, typer.Option(help="List every skipped utterance.")] = False) -> None:
+    """What is in a store: datasets, feature sets, completeness, failures."""
+    from merc.data_manifests.errors import MercError
+    from merc.extract.store import StoreReader
+    from rich.table import Table
+
+    try:
+        reader = StoreReader(store)
+    except MercError as exc:
+        _fail(exc)
+    table = Table(title=f"merc store {store}")
+    for col in ("dataset", "feature set", "modality", "dim", "dialogues", "skipped utts", "packed", "fingerprint"):
+        table.add_column(col)
+    rows = reader.status()
+    for r in rows:
+        table.add_row(r["dataset"], r["feature_set"], r["modality"], str(r["dim"]),
+                      f"{r['dialogues_done']}/{r['dialogues_total']}", str(r["utterances_failed"]),
+                      "yes" if r["packed"] else "no", str(r["fingerprint"]))
+    console = _console()
+    console.print(table)
+    for ds in reader.datasets():
+        console.print(reader.manifest(ds).summary())
+    if failures:
+        for r in rows:
+            for f in reader.info(r["dataset"], r["feature_set"]).get("report", {}).get("failures", []):
+                console.print(f"{r['dataset']}/{r['feature_set']} {f['utterance_id']}: {f['file']}: {f['problem']}")
+
+
+@app.command()
+def verify(store: Annotated[Path, typer.Option(help="Zarr store.")] = Path("cache.zarr")) -> None:
+    """Check every committed dialogue against the manifest; exit 1 if anything is wrong."""
+    from merc.data_manifests.errors import MercError
+    from merc.extract.store import StoreReader
+
+    try:
+        problems = StoreReader(store).verify()
+    except MercError as exc:
+        _fail(exc)
+    console = _console()
+    for p in problems:
+        console.print(f"[red]problem:[/] {p}")
+    console.print(f"verify {store}: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
+    raise typer.Exit(1 if problems else 0)
+
+
+@app.command()
+def encoders() -> None:
+    """List the encoder short names."""
+    from merc.extract.encoders import ENCODERS
+
+    for name, (_, desc) in sorted(ENCODERS.items()):
+        print(f"{name:12s} {desc}")
+    print(f"{'hf:<id>':12s} any Hugging Face text model id or local folder")
+
+
+def main() -> None:
+    app(prog_name="merc-extract")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

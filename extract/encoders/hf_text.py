@@ -1,0 +1,139 @@
+"""Frozen Hugging Face text encoders (MiniLM, RoBERTa, BERT, any AutoModel) with layer and pooling choice.
+
+Batches arrive length-sorted from the runner, so padding is small; pooling uses the attention mask,
+so an utterance's vector does not depend on what it was batched with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .base import FORMAT_VERSION, Encoded, Encoder, EncoderError, Prepared, Preparer, TextPreparer
+
+POOLINGS = ("mean", "cls")
+
+
+@dataclass
+class TextOptions:
+    pooling: str = "mean"  # mean over real tokens | cls (first token)
+    layers: str = "last"  # last | <int> (hidden_states index, negative from the end) | last<k>-mean
+    normalize: bool = False  # L2-normalise the pooled vector (sentence-transformers models do)
+    max_length: int = 128
+    batch_tokens: int = 16384  # padded tokens per batch
+    device: str = "cpu"
+    dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+
+
+def weights_hash(model_dir: str | Path) -> str:
+    """Hash of the weight files' names and sizes plus the first MiB of each: cheap and changes with the weights."""
+    h = hashlib.sha256()
+    path = Path(model_dir)
+    if not path.is_dir():
+        return f"hub:{model_dir}"
+    for f in sorted(path.glob("*")):
+        if f.suffix in {".safetensors", ".bin", ".pt", ".json", ".model", ".txt"} and f.is_file():
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def torch_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def load_pretrained(model_id: str, loader: str = "AutoModel", **kwargs):
+    """`from_pretrained` with a message that says how to get the weights when they are not on disk."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        return getattr(transformers, loader).from_pretrained(model_id, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise EncoderError(
+            f"cannot load {model_id!r} with {loader}.from_pretrained ({str(exc).splitlines()[0]})",
+            file=str(model_id),
+            fix=("download it once on a machine with network access: `huggingface-cli download "
+                 f"{model_id} --local-dir models/{Path(str(model_id)).name}` and pass that folder, or unset "
+                 "HF_HUB_OFFLINE where the hub is reachable"),
+        ) from None
+
+
+def select_layers(hidden_states, spec: str):
+    """hidden_states: tuple of [B, L, D] (embeddings first). Returns [B, L, D]."""
+    import torch
+
+    if spec == "last":
+        return hidden_states[-1]
+    if spec.startswith("last") and spec.endswith("-mean"):
+        k = int(spec[4:-5])
+        return torch.stack(hidden_states[-k:]).mean(0)
+    try:
+        return hidden_states[int(spec)]
+    except (ValueError, IndexError):
+        raise EncoderError(f"layer spec {spec!r} is not valid for a model with {len(hidden_states) - 1} layers",
+                           fix="use last, an integer index (negative counts from the end) or last4-mean") from None
+
+
+class HFTextEncoder(Encoder):
+    modality = "text"
+
+    def __init__(self, name: str, model_id: str, options: TextOptions | None = None):
+        super().__init__(name)
+        self.model_id = str(model_id)
+        self.opts = options or TextOptions()
+        if self.opts.pooling not in POOLINGS:
+            raise EncoderError(f"unknown pooling {self.opts.pooling!r} for a text encoder",
+                               fix=f"use one of {', '.join(POOLINGS)}")
+
+        self.tokenizer = load_pretrained(self.model_id, "AutoTokenizer")
+        self.model = load_pretrained(self.model_id, "AutoModel",
+                                     dtype=torch_dtype(self.opts.dtype, self.opts.device))
+        self.model.eval().to(self.opts.device)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def preparer(self) -> Preparer:
+        return TextPreparer()
+
+    def batch_budget(self) -> int:
+        return self.opts.batch_tokens * 4  # Prepared.length counts characters; ~4 per token
+
+    def encode_batch(self, items: list[Prepared]) -> list[Encoded]:
+        import torch
+
+        texts = [it.value for it in items]
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.opts.max_length,
+                             return_tensors="pt")
+        enc = {k: v.to(self.opts.device, non_blocking=True) for k, v in enc.items()}
+        with torch.inference_mode():
+            out = self.model(**enc, output_hidden_states=self.opts.layers != "last")
+            tokens_bld = out.last_hidden_state if self.opts.layers == "last" else select_layers(
+                out.hidden_states, self.opts.layers)
+            tokens_bld = tokens_bld.float()
+            if self.opts.pooling == "cls":
+                pooled_bd = tokens_bld[:, 0]
+            else:
+                mask_bl1 = enc["attention_mask"].unsqueeze(-1).float()
+                pooled_bd = (tokens_bld * mask_bl1).sum(1) / mask_bl1.sum(1).clamp(min=1.0)
+            if self.opts.normalize:
+                pooled_bd = torch.nn.functional.normalize(pooled_bd, dim=-1)
+        return [Encoded(v) for v in pooled_bd.cpu().numpy().astype(np.float32)]
+
+    def fingerprint(self) -> dict:
+        o = self.opts
+        return {"family": "hf-text", "model": Path(self.model_id).name, "weights": weights_hash(self.model_id),
+                "pooling": o.pooling, "layers": o.layers, "normalize": o.normalize, "max_length": o.max_length,
+                "dtype": str(torch_dtype(o.dtype, o.device)).replace("torch.", ""), "merc_format": FORMAT_VERSION}

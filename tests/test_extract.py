@@ -1,0 +1,150 @@
+"""merc-extract end to end on small real corpora: happy path, bad media, reports, exit codes, batching."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from media_fixtures import write_manifest_corpus, write_mp4_51, write_wav
+from merc.extract.store import StoreReader
+
+BIN = Path(sys.executable).parent / "merc-extract"
+
+
+def run(*args, check_code=None):
+    proc = subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+    if check_code is not None:
+        assert proc.returncode == check_code, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_manifest_corpus(tmp_path_factory.mktemp("corpus"), n_dialogues=4, n_utts=4)
+
+
+def test_extract_text_and_audio_then_nothing_to_do(corpus, tmp_path):
+    store = tmp_path / "c.zarr"
+    out = run("--dataset", "manifest", "--root", corpus, "--encoder", "egemaps", "--store", store, check_code=0).stdout
+    assert "4/4 dialogues complete, dim 88, 0 utterance(s) skipped" in out
+    run("--dataset", "manifest", "--root", corpus, "--encoder", "minilm", "--store", store, check_code=0)
+    again = run("--dataset", "manifest", "--root", corpus, "--encoder", "minilm", "--store", store, check_code=0).stdout
+    assert "already extracted; nothing to do" in again
+    r = StoreReader(store)
+    assert r.feature_sets("manifest") == ["egemaps", "minilm"]
+    text = r.load_pooled("manifest", "minilm")
+    assert text.pooled.shape == (16, 384) and text.valid.all()
+    np.testing.assert_allclose(np.linalg.norm(text.pooled.astype(np.float32), axis=1), 1.0, atol=2e-3)
+    status = run("status", "--store", store, check_code=0).stdout
+    assert "egemaps" in status and "4/4" in status
+    assert "verify" in run("verify", "--store", store, check_code=0).stdout
+
+
+def test_changed_encoder_settings_need_overwrite(corpus, tmp_path):
+    store = tmp_path / "c.zarr"
+    run("--dataset", "manifest", "--root", corpus, "--encoder", "minilm", "--store", store, check_code=0)
+    err = run("--dataset", "manifest", "--root", corpus, "--encoder", "minilm", "--pooling", "cls",
+              "--store", store, check_code=2).stdout
+    assert "another fingerprint" in err and "pooling: 'mean' -> 'cls'" in err and "--overwrite" in err
+    run("--dataset", "manifest", "--root", corpus, "--encoder", "minilm", "--pooling", "cls", "--overwrite",
+        "--store", store, check_code=0)
+
+
+def _bad_corpus(root: Path) -> Path:
+    """One dialogue of every kind of bad or awkward media the corpora hold."""
+    root.mkdir()
+    (root / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    sf.write(root / "empty.wav", np.zeros(0, np.float32), 16000)
+    write_mp4_51(root / "surround.mp4", 1.0)
+    long_wave = (0.1 * np.sin(np.arange(16000 * 600) * 0.05)).astype(np.float32)  # a 10-minute mis-cut clip
+    sf.write(root / "long.wav", long_wave, 16000, subtype="PCM_16")
+    write_wav(root / "ok.wav", 0.8)
+    rows = [("corrupt.mp4", "a corrupt clip"), ("empty.wav", "zero samples"), ("missing.wav", "no file"),
+            ("surround.mp4", "six channels"), ("long.wav", "ten minutes"), ("ok.wav", "")]
+    path = root / "m.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["dialogue_id", "utterance_id", "speaker", "text", "split", "audio", "emotion"])
+        for i, (audio, text) in enumerate(rows):
+            w.writerow(["d0", f"u{i}", "A", text, "train", audio, "joy"])
+    return path
+
+
+def test_bad_media_is_reported_not_fatal(tmp_path):
+    manifest = _bad_corpus(tmp_path / "bad")
+    store = tmp_path / "b.zarr"
+    proc = run("--dataset", "manifest", "--root", manifest, "--encoder", "egemaps", "--store", store, check_code=1)
+    out = proc.stdout
+    assert "skipped u0" in out and "corrupt.mp4" in out and "cannot decode" in out and "Fix:" in out
+    assert "skipped u1" in out and "empty" in out
+    assert "skipped u2" in out and "missing.wav" in out
+    assert "u4: capped 600.0 s to 30 s" in out
+    assert "3 utterance(s) skipped" in out and "--allow-missing" in out
+    r = StoreReader(store)
+    feats = r.load_pooled("m", "egemaps")
+    assert feats.valid.tolist() == [False, False, False, True, True, True]
+    report = r.info("m", "egemaps")["report"]
+    assert {f["utterance_id"] for f in report["failures"]} == {"u0", "u1", "u2"}
+    assert all(f["fix"] for f in report["failures"])
+    # the finished dialogue is kept: a rerun has nothing to do, and --allow-missing exits 0
+    again = run("--dataset", "manifest", "--root", manifest, "--encoder", "egemaps", "--store", store,
+                "--allow-missing", check_code=0).stdout
+    assert "nothing to do" in again
+
+
+def test_empty_transcript_is_a_text_failure(tmp_path):
+    manifest = _bad_corpus(tmp_path / "bad")
+    proc = run("--dataset", "manifest", "--root", manifest, "--encoder", "minilm", "--store", tmp_path / "t.zarr",
+               check_code=1)
+    assert "skipped u5" in proc.stdout and "empty transcript" in proc.stdout and "row 6" in proc.stdout
+    assert "1 utterance(s) skipped" in proc.stdout
+
+
+def test_surround_clip_decodes_to_mono_16k(tmp_path):
+    from merc.extract.media import AudioPolicy, load_audio
+
+    clip = write_mp4_51(tmp_path / "c.mp4", 1.0)
+    audio = load_audio(clip, AudioPolicy())
+    assert audio.source_rate == 48000 and audio.source_channels == 6
+    assert abs(len(audio.samples) - 16000) < 400  # AAC priming adds ~20 ms
+    centre = load_audio(clip, AudioPolicy(channels="center"))
+    assert np.abs(centre.samples).max() > 2 * np.abs(audio.samples).max()  # speech sits in the centre channel
+    cropped = load_audio(clip, AudioPolicy(), start=0.25, end=0.75)
+    assert abs(len(cropped.samples) - 8000) < 10
+
+
+def test_text_vectors_do_not_depend_on_batch_padding():
+    from merc.extract.encoders import EncoderRequest, build_encoder
+    from merc.extract.encoders.base import Prepared
+
+    enc = build_encoder(EncoderRequest("minilm"))
+    short = Prepared("a", "Fine.", 5)
+    long = Prepared("b", "I cannot believe you ate the whole thing without asking anyone at all.", 70)
+    alone = enc.encode_batch([short])[0].pooled
+    batched = enc.encode_batch([short, long])[0].pooled
+    np.testing.assert_allclose(alone, batched, atol=1e-5)
+
+
+def test_batches_respect_budget_and_sort_by_length():
+    from merc.extract.encoders.base import Prepared
+    from merc.extract.runner import make_batches
+
+    items = [Prepared(f"u{i}", None, length) for i, length in enumerate([5, 50, 7, 48, 6, 49, 100])]
+    batches = make_batches(items, budget=100)
+    assert sorted(it.utterance_id for b in batches for it in b) == sorted(it.utterance_id for it in items)
+    for b in batches:
+        assert max(it.length for it in b) * len(b) <= 100 or len(b) == 1
+    lengths = [it.length for b in batches for it in b]
+    assert lengths == sorted(lengths)
+
+
+def test_missing_arguments_and_unknown_encoder_give_clear_errors(corpus, tmp_path):
+    assert "--dataset, --root and --encoder are required" in run("--store", tmp_path / "x.zarr", check_code=2).stdout
+    out = run("--dataset", "manifest", "--root", corpus, "--encoder", "nope", "--store", tmp_path / "x.zarr",
+              check_code=2).stdout
+    assert "unknown encoder 'nope'" in out and "minilm" in out

@@ -1,0 +1,136 @@
+"""The Zarr store: per-dialogue commit, fingerprints, packed reads, verify, and merc-free readability."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from merc.data_manifests.labels import MELD_EMOTION
+from merc.data_manifests.manifest import Dialogue, Manifest, Utterance
+from merc.extract.store import StoreError, StoreReader, StoreWriter, dialogue_key
+
+
+def _manifest(n_dialogues=5, n_utts=3):
+    dialogues = []
+    for d in range(n_dialogues):
+        split = "train" if d < 3 else "test"
+        utts = [Utterance(f"{split}_dia{d}_utt{u}", f"{split}_dia{d}", "AB"[u % 2], f"line {u}", split,
+                          {"emotion": MELD_EMOTION.classes[(d + u) % 7]}) for u in range(n_utts + d % 2)]
+        dialogues.append(Dialogue(f"{split}_dia{d}", split, utts))
+    return Manifest("toy", {"emotion": MELD_EMOTION}, dialogues)
+
+
+def _fill(path, manifest, fs="feat", dim=8, fingerprint=None, finalize=True):
+    w = StoreWriter(path, manifest.name, fs)
+    w.open(manifest, fingerprint=fingerprint or {"encoder": "x"}, info={"dim": dim, "modality": "text", "encoder": "x"})
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for d in manifest.dialogues:
+        pooled = rng.standard_normal((len(d), dim)).astype(np.float16)
+        valid = np.ones(len(d), bool)
+        valid[0] = d.id != "train_dia1"
+        w.write_dialogue(d.id, pooled, valid)
+        arrays[d.id] = (pooled, valid)
+    if finalize:
+        w.finalize(manifest)
+    return w, arrays
+
+
+def test_roundtrip_packed_and_unpacked(tmp_path):
+    m = _manifest()
+    _, arrays = _fill(tmp_path / "s.zarr", m)
+    r = StoreReader(tmp_path / "s.zarr")
+    assert r.datasets() == ["toy"] and r.feature_sets("toy") == ["feat"]
+    p = r.load_pooled("toy", "feat")
+    assert p.dialogue_ids == [d.id for d in m.dialogues]
+    for i, d in enumerate(m.dialogues):
+        pooled, valid = p.dialogue(i)
+        np.testing.assert_array_equal(pooled, arrays[d.id][0])
+        np.testing.assert_array_equal(valid, arrays[d.id][1])
+    assert r.manifest("toy").digest() == m.digest()
+    cols = r.manifest_columns("toy")
+    assert list(cols["utterance_id"]) == [u.id for u in m.utterances()]
+    assert cols["label_emotion"][0] == MELD_EMOTION.index(m.dialogues[0].utterances[0].labels["emotion"])
+    assert r.verify() == []
+
+
+def test_unpacked_incomplete_store_is_an_error_unless_allowed(tmp_path):
+    m = _manifest()
+    w = StoreWriter(tmp_path / "s.zarr", "toy", "feat")
+    w.open(m, fingerprint={"e": 1}, info={"dim": 4, "modality": "text"})
+    w.write_dialogue(m.dialogues[0].id, np.ones((len(m.dialogues[0]), 4)), np.ones(len(m.dialogues[0]), bool))
+    w.finalize(m)  # not every dialogue is there: no packed copy
+    r = StoreReader(tmp_path / "s.zarr")
+    with pytest.raises(StoreError, match="incomplete.*rerun the same merc-extract"):
+        r.load_pooled("toy", "feat")
+    p = r.load_pooled("toy", "feat", allow_incomplete=True)
+    assert p.valid[: len(m.dialogues[0])].all() and not p.valid[len(m.dialogues[0]):].any()
+    problems = r.verify()
+    assert any("not extracted yet" in x for x in problems)
+
+
+def test_other_fingerprint_is_refused_without_overwrite(tmp_path):
+    m = _manifest()
+    _fill(tmp_path / "s.zarr", m, fingerprint={"encoder": "x", "layer": -1})
+    w = StoreWriter(tmp_path / "s.zarr", "toy", "feat")
+    with pytest.raises(StoreError, match=r"another fingerprint.*layer: -1 -> 3.*--overwrite"):
+        w.open(m, fingerprint={"encoder": "x", "layer": 3}, info={"dim": 8, "modality": "text"})
+    w.open(m, fingerprint={"encoder": "x", "layer": 3}, info={"dim": 8, "modality": "text"}, overwrite=True)
+    assert w.done_dialogues() == set()  # replaced, not mixed
+
+
+def test_changed_manifest_is_refused(tmp_path):
+    m = _manifest()
+    _fill(tmp_path / "s.zarr", m)
+    m.dialogues[0].utterances[0].labels["emotion"] = "anger" if m.dialogues[0].utterances[0].labels["emotion"] != "anger" else "joy"
+    with pytest.raises(StoreError, match="another manifest"):
+        StoreWriter(tmp_path / "s.zarr", "toy", "feat").open(m, fingerprint={"encoder": "x"}, info={"dim": 8})
+
+
+def test_uncommitted_dialogue_is_redone_and_reported(tmp_path):
+    m = _manifest()
+    w, _ = _fill(tmp_path / "s.zarr", m, finalize=False)
+    # simulate a kill between the arrays and the commit marker
+    key = dialogue_key(m.dialogues[2].id)
+    zj = tmp_path / "s.zarr" / "toy" / "feat" / key / "zarr.json"
+    meta = json.loads(zj.read_text())
+    meta["attributes"].pop("complete")
+    zj.write_text(json.dumps(meta))
+    assert m.dialogues[2].id not in w.done_dialogues()
+    assert any("uncommitted" in p for p in StoreReader(tmp_path / "s.zarr").verify())
+    w.write_dialogue(m.dialogues[2].id, np.zeros((len(m.dialogues[2]), 8)), np.ones(len(m.dialogues[2]), bool))
+    w.finalize(m)
+    assert StoreReader(tmp_path / "s.zarr").verify() == []
+
+
+def test_dialogue_keys_are_safe_and_distinct():
+    ids = ["a/b", "a_b", "__x", "packed", "ok-1.2"]
+    keys = [dialogue_key(i) for i in ids]
+    assert len(set(keys)) == len(keys)
+    assert all("/" not in k and not k.startswith("__") and k != "packed" for k in keys)
+    assert dialogue_key("ok-1.2") == "ok-1.2"
+
+
+def test_store_opens_without_merc_and_reads_as_dask(tmp_path):
+    m = _manifest()
+    _, arrays = _fill(tmp_path / "s.zarr", m)
+    key = dialogue_key(m.dialogues[0].id)
+    code = f"""
+import sys, zarr, dask.array as da, numpy as np
+assert not any(k.startswith("merc") for k in sys.modules)
+g = zarr.open_group({str(tmp_path / "s.zarr")!r}, mode="r")
+x = da.from_zarr({str(tmp_path / "s.zarr")!r}, component="toy/feat/{key}/pooled")
+print(x.shape[0], x.shape[1], float(x.astype("float32").sum().compute()))
+print(list(g["toy/manifest/utterance_id"][:2]))
+print(da.from_zarr({str(tmp_path / "s.zarr")!r}, component="toy/feat/packed/pooled").shape[0])
+assert not any(k.startswith("merc") for k in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path).stdout.split("\n")
+    pooled = arrays[m.dialogues[0].id][0]
+    n, d, total = out[0].split()
+    assert (int(n), int(d)) == pooled.shape
+    assert abs(float(total) - float(pooled.astype(np.float32).sum())) < 1e-2
+    assert out[1] == str([u.id for u in m.dialogues[0].utterances[:2]])
+    assert int(out[2]) == m.n_utterances
