@@ -1,0 +1,358 @@
+"""One training loop for every head: stages, autocast, clipping, early stopping on dev, best-state restore.
+
+A head only says how to compute outputs and losses (heads/models/base.py); everything a researcher
+expects to be the same across heads lives here, so that comparing two heads compares the models and
+not their loops: the optimiser built from `head.optimizer_config()` (CLI `--set lr=...` wins), mixed
+precision, gradient clipping, early stopping on the dev split's primary metric, exact CPU repeats
+under a seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from .data import HeadsData, HeadsError
+from .metrics import PRIMARY, is_better, task_metrics
+from .models.base import Batch, Head, TaskSpec
+
+# --set keys that configure the optimiser / schedule rather than the head ("optimizer" names it).
+OPTIM_KEYS = ("optimizer", "lr", "weight_decay", "betas", "eps", "grad_clip", "scheduler", "plateau_factor",
+              "plateau_patience")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50  # per stage
+    batch_size: int = 16  # dialogues
+    eval_batch_size: int = 32
+    patience: int = 10  # epochs without dev improvement before a stage stops
+    seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    optim: dict = field(default_factory=dict)  # overrides of head.optimizer_config()
+    monitor: str | None = None  # dev metric of the primary task (or "loss") picking the checkpoint; None = PRIMARY[kind]
+    deterministic: bool = True
+
+
+# ---------------------------------------------------------------------------------------------------
+# device, precision, seeds
+# ---------------------------------------------------------------------------------------------------
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise HeadsError(f"--device {device} asked for, but this torch build sees no CUDA device",
+                         fix="use --device cpu (or auto), or install a CUDA build of torch on a GPU machine")
+    return torch.device(device)
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16), read from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 where the hardware runs it natively (CPU bf16 instructions, CUDA bf16), else fp32."""
+    if precision not in PRECISIONS:
+        raise HeadsError(f"unknown --precision {precision!r}", fix=f"use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise HeadsError("--precision fp16 needs a CUDA device (CPU autocast has no fp16 training path)",
+                         fix="use --precision bf16 or fp32 on the CPU (auto picks bf16 where the CPU supports it)")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; ask torch for deterministic kernels where it has them."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read at CUDA init)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+# ---------------------------------------------------------------------------------------------------
+# optimiser
+# ---------------------------------------------------------------------------------------------------
+
+def optimizer_settings(head: Head, overrides: dict | None = None) -> dict:
+    """The head's optimiser spec with CLI overrides applied (`optimizer=adam` sets its "name")."""
+    cfg = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "betas": (0.9, 0.999), "eps": 1e-8, "grad_clip": None,
+           "scheduler": None, "plateau_factor": 0.1, "plateau_patience": 10}
+    cfg.update(head.optimizer_config())
+    for key, value in (overrides or {}).items():
+        cfg["name" if key == "optimizer" else key] = value
+    cfg["name"] = str(cfg["name"]).lower()
+    if cfg["scheduler"] in ("none", "None", ""):
+        cfg["scheduler"] = None
+    if cfg["grad_clip"] is not None and float(cfg["grad_clip"]) <= 0:
+        cfg["grad_clip"] = None
+    return cfg
+
+
+def build_optimizer(head: Head, settings: dict) -> torch.optim.Optimizer:
+    params = [p for p in head.parameters() if p.requires_grad]
+    if not params:
+        raise HeadsError(f"head {head.name!r} has no trainable parameters in this stage",
+                         fix="check the head's set_stage(), or its configuration")
+    kwargs = {"lr": float(settings["lr"]), "weight_decay": float(settings["weight_decay"]),
+              "betas": tuple(float(b) for b in settings["betas"]), "eps": float(settings["eps"])}
+    if settings["name"] == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    if settings["name"] == "adam":
+        return torch.optim.Adam(params, **kwargs)
+    raise HeadsError(f"unknown optimizer {settings['name']!r}", fix="use --set optimizer=adamw or --set optimizer=adam")
+
+
+def build_scheduler(opt: torch.optim.Optimizer, settings: dict):
+    if settings["scheduler"] is None:
+        return None
+    if settings["scheduler"] == "plateau":  # stepped on the dev loss, as Ada2I does
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=float(settings["plateau_factor"]),
+                                                          patience=int(settings["plateau_patience"]))
+    raise HeadsError(f"unknown scheduler {settings['scheduler']!r}", fix="use --set scheduler=plateau or scheduler=none")
+
+
+# ---------------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class TaskPredictions:
+    """Outputs for the labelled-or-not utterances of a split, rows in manifest order.
+
+    pred: categorical [n] class index, multilabel [n, C] bool, regression [n] float
+    scores: categorical softmax [n, C], multilabel sigmoid [n, C], regression None
+    """
+
+    task: TaskSpec
+    rows: np.ndarray  # [n] utterance rows of HeadsData
+    gold: np.ndarray
+    pred: np.ndarray
+    scores: np.ndarray | None
+
+    def labelled(self) -> np.ndarray:
+        if self.task.kind == "categorical":
+            return self.gold >= 0
+        if self.task.kind == "regression":
+            return ~np.isnan(self.gold)
+        return (self.gold >= 0).any(axis=1)
+
+    def metrics(self) -> dict:
+        keep = self.labelled()
+        return task_metrics(self.task.kind, self.gold[keep], self.pred[keep], self.task.classes)
+
+
+def decode(task: TaskSpec, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits [n, C] -> (prediction, scores) in numpy, float32 whatever the autocast dtype."""
+    z = logits.float()
+    if task.kind == "categorical":
+        probs = torch.softmax(z, dim=-1)
+        return probs.argmax(-1).cpu().numpy(), probs.cpu().numpy()
+    if task.kind == "multilabel":
+        probs = torch.sigmoid(z)
+        return (probs > 0.5).cpu().numpy(), probs.cpu().numpy()
+    return z.reshape(z.shape[0], -1)[:, 0].cpu().numpy(), None
+
+
+@torch.no_grad()
+def predict(head: Head, data: HeadsData, split: str, *, batch_size: int, device: torch.device,
+            precision: str, with_loss: bool = False, epoch: int = 0) -> tuple[dict[str, TaskPredictions], float]:
+    """Run the head over a split in eval mode: per-task predictions (and the mean loss when asked)."""
+    head.eval()
+    outs: dict[str, list[torch.Tensor]] = {t.name: [] for t in data.tasks}
+    losses = []
+    pin = device.type == "cuda"
+    for batch in data.batches(split, batch_size, pin_memory=pin):
+        batch = batch.to(device, non_blocking=pin)
+        with autocast(device, precision):
+            out = head(batch)
+            if with_loss:
+                losses.append(float(head.loss(batch, out, epoch)[0]))
+        for t in data.tasks:
+            outs[t.name].append(out.logits[t.name][batch.mask].float().cpu())
+    rows = data.split_rows(split)
+    preds = {}
+    for t in data.tasks:
+        logits = torch.cat(outs[t.name]) if outs[t.name] else torch.zeros(0, t.out_dim)
+        pred, scores = decode(t, logits)
+        preds[t.name] = TaskPredictions(t, rows, data.labels[t.name][rows], pred, scores)
+    return preds, (float(np.mean(losses)) if losses else float("nan"))
+
+
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    """The single-number entries of one task's metrics (for logs and progress lines)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "n"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------------
+
+class Callback:
+    """Hooks for progress display and run logging; all optional."""
+
+    def on_stage_start(self, stage: str, epochs: int) -> None: ...
+    def on_epoch_start(self, stage: str, epoch: int, n_batches: int) -> None: ...
+    def on_step(self, loss: float) -> None: ...
+    def on_epoch_end(self, record: dict) -> None: ...
+
+
+@dataclass
+class FitResult:
+    history: list[dict]  # one record per epoch (what log.jsonl holds)
+    best: dict[str, dict]  # stage -> {"epoch", "value"} of the restored checkpoint
+    monitor: str
+    precision: str
+    device: str
+    optim: dict
+    seconds: float
+
+
+class Trainer:
+    """Trains one head on one HeadsData. `fit()` leaves the head holding the best dev checkpoint."""
+
+    def __init__(self, head: Head, data: HeadsData, cfg: TrainConfig, callbacks: list[Callback] | None = None):
+        self.head, self.data, self.cfg = head, data, cfg
+        self.callbacks = callbacks or []
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.settings = optimizer_settings(head, cfg.optim)
+        primary = data.tasks[0]
+        self.monitor = cfg.monitor or PRIMARY[primary.kind][0]
+
+    def _emit(self, name: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, name)(*args)
+
+    def fit(self) -> FitResult:
+        cfg, head, data, device = self.cfg, self.head, self.data, self.device
+        seed_everything(cfg.seed, cfg.deterministic)
+        shuffle_rng = np.random.default_rng(cfg.seed)
+        head.to(device)
+        scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        pin = device.type == "cuda"
+        history: list[dict] = []
+        best: dict[str, dict] = {}
+        t_start = time.perf_counter()
+        if len(data.split_dialogues("train")) == 0:
+            raise HeadsError(f"dataset {data.dataset!r} has no train dialogues", fix="check the manifest's splits")
+        has_dev = len(data.split_dialogues("dev")) > 0
+
+        for stage in head.stages():
+            head.set_stage(stage)
+            opt = build_optimizer(head, self.settings)
+            sched = build_scheduler(opt, self.settings)
+            params = [p for p in head.parameters() if p.requires_grad]
+            best_value, best_epoch, best_state, bad = None, -1, None, 0
+            self._emit("on_stage_start", stage, cfg.epochs)
+            for epoch in range(cfg.epochs):
+                t0 = time.perf_counter()
+                head.train()
+                self._emit("on_epoch_start", stage, epoch, data.n_batches("train", cfg.batch_size))
+                sums: dict[str, float] = {}
+                n_steps = 0
+                for batch in data.batches("train", cfg.batch_size, shuffle=True, generator=shuffle_rng, pin_memory=pin):
+                    batch = batch.to(device, non_blocking=pin)
+                    loss_value, terms = self._step(batch, epoch, opt, scaler, params)
+                    n_steps += 1
+                    for k, v in {"loss": loss_value, **terms}.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    self._emit("on_step", loss_value)
+                record = {"stage": stage, "epoch": epoch, **{f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()},
+                          "lr": opt.param_groups[0]["lr"]}
+                if has_dev:
+                    preds, dev_loss = predict(head, data, "dev", batch_size=cfg.eval_batch_size, device=device,
+                                              precision=self.precision, with_loss=True, epoch=epoch)
+                    dev = scalar_metrics(preds[data.tasks[0].name].metrics())
+                    if self.monitor not in dev and self.monitor != "loss":
+                        raise HeadsError(f"monitor metric {self.monitor!r} is not a metric of the "
+                                         f"{data.tasks[0].kind} task {data.tasks[0].name!r}",
+                                         fix=f"use --set monitor= one of {', '.join(dev)}")
+                    dev["loss"] = dev_loss
+                    value = dev[self.monitor]
+                    record.update({f"dev_{k}": v for k, v in dev.items()})
+                    if sched is not None and not math.isnan(dev_loss):
+                        sched.step(dev_loss)
+                else:  # no dev split: keep the last epoch
+                    value = float(epoch)
+                improved = is_better(self.monitor, value, best_value) if has_dev else True
+                if improved:
+                    best_value, best_epoch, bad = value, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                else:
+                    bad += 1
+                record.update({"best": improved, "seconds": time.perf_counter() - t0})
+                history.append(record)
+                self._emit("on_epoch_end", record)
+                if bad >= cfg.patience:
+                    break
+            if best_state is not None:
+                head.load_state_dict(best_state)
+            best[stage] = {"epoch": best_epoch, "value": best_value if has_dev else None}
+        return FitResult(history, best, self.monitor, self.precision, str(device), self.settings,
+                         time.perf_counter() - t_start)
+
+    def _step(self, batch: Batch, epoch: int, opt: torch.optim.Optimizer, scaler, params: list) -> tuple[float, dict]:
+        """One optimiser step: forward + loss under autocast, backward, clip, head hook, step."""
+        head = self.head
+        opt.zero_grad(set_to_none=True)
+        with autocast(self.device, self.precision):
+            out = head(batch)
+            loss, terms = head.loss(batch, out, epoch)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value) and scaler is None:
+            raise HeadsError(f"the {head.name} loss became {loss_value} (epoch {epoch})",
+                             fix="lower the learning rate (--set lr=...), or train with --precision fp32")
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if self.settings["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(params, float(self.settings["grad_clip"]))
+        head.after_backward(batch, out, epoch)  # after clipping, as Ada2I modulates clipped gradients
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        return loss_value, terms
+
+    def evaluate(self, split: str) -> dict[str, TaskPredictions]:
+        preds, _ = predict(self.head, self.data, split, batch_size=self.cfg.eval_batch_size, device=self.device,
+                           precision=self.precision)
+        return preds

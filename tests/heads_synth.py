@@ -1,0 +1,132 @@
+"""Planted-signal feature stores for the heads tests and tools/bench_heads.py.
+
+Each store is a real Zarr store written through `StoreWriter`, so the heads read it through the same
+code path as a store made by merc-extract. Three kinds of signal:
+
+- "planted":   every modality holds a noisy class prototype of its own utterance's label, so the label is
+               linearly readable from each modality alone (every head should learn it);
+- "neighbour": the features of utterance j hold the prototype of the label of utterance j - 1, so an
+               utterance's label can only be read from the NEXT utterance (context heads win, an
+               utterance-level MLP is at chance); the last utterance of a dialogue is unlabelled;
+- "mosei":     a MOSEI-like video of segments with a regression sentiment in [-3, 3] and 6 multi-label
+               emotions, both linear functions of a latent vector that each modality sees with noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from merc.data_manifests.manifest import Dialogue, LabelSpace, Manifest, Utterance
+from merc.extract.store import StoreWriter
+
+CLASSES = ("neutral", "joy", "anger", "sadness")
+EMOTIONS = ("happy", "sad", "anger", "surprise", "disgust", "fear")
+MODALITY = {"t": "text", "a": "audio", "v": "video"}
+
+
+@dataclass
+class SynthSpec:
+    kind: str = "planted"  # planted | neighbour | mosei
+    splits: dict[str, int] = field(default_factory=lambda: {"train": 60, "dev": 15, "test": 15})  # dialogues
+    lengths: tuple[int, int] = (4, 10)  # utterances per dialogue, inclusive range
+    dims: dict[str, int] = field(default_factory=lambda: {"t": 32, "a": 32})  # role -> width
+    classes: tuple[str, ...] = CLASSES
+    noise: float = 1.0  # std of the Gaussian noise per feature dimension
+    signal: float = 3.0  # norm-ish scale of the planted prototypes
+    invalid_rate: float = 0.02  # share of utterances whose second modality failed to extract (valid=False)
+    n_speakers: int = 3
+    frames: tuple[int, int] | None = None  # (min, max) frames per utterance; None = no frames
+    seed: int = 0
+
+
+def feature_set_name(role: str, spec: SynthSpec) -> str:
+    return f"{MODALITY[role]}{spec.dims[role]}"
+
+
+def build_store(path: str | Path, spec: SynthSpec, dataset: str = "synth") -> dict[str, str]:
+    """Write `dataset` with one feature set per role of `spec.dims`; returns role -> feature-set name."""
+    rng = np.random.default_rng(spec.seed)
+    manifest, targets = _manifest(dataset, spec, rng)
+    names = {}
+    for k, (role, dim) in enumerate(spec.dims.items()):
+        name = feature_set_name(role, spec)
+        names[role] = name
+        w = StoreWriter(path, dataset, name)
+        levels = ["utterance"] + (["frames"] if spec.frames else [])
+        w.open(manifest, fingerprint={"encoder": "synthetic", "role": role, "seed": spec.seed, "kind": spec.kind},
+               info={"dim": dim, "modality": MODALITY[role], "encoder": "synthetic", "levels": levels})
+        proj = _projection(spec, dim, rng)
+        for d in manifest.dialogues:
+            pooled = _features(targets[d.id], proj, spec, rng)
+            valid = np.ones(len(d), bool)
+            if k > 0 and spec.invalid_rate > 0:  # only non-first modalities fail, so the label stays readable
+                valid = rng.random(len(d)) >= spec.invalid_rate
+                pooled[~valid] = 0.0
+            frames = offsets = None
+            if spec.frames:
+                n_frames = rng.integers(spec.frames[0], spec.frames[1] + 1, size=len(d))
+                offsets = np.concatenate([[0], np.cumsum(n_frames)]).astype(np.int64)
+                frames = np.repeat(pooled, n_frames, axis=0) + 0.3 * rng.standard_normal((offsets[-1], dim))
+            w.write_dialogue(d.id, pooled.astype(np.float16), valid, frames=frames, offsets=offsets)
+        w.finalize(manifest)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------
+
+def _manifest(dataset: str, spec: SynthSpec, rng: np.random.Generator) -> tuple[Manifest, dict[str, np.ndarray]]:
+    """Dialogues with labels, plus the per-utterance latent each dialogue's features are made from."""
+    if spec.kind == "mosei":
+        spaces = {"sentiment": LabelSpace("sentiment", "regression", (), (-3.0, 3.0)),
+                  "emotions": LabelSpace("emotions", "multilabel", EMOTIONS)}
+        w_sent = rng.standard_normal(8)
+        w_emo = rng.standard_normal((8, len(EMOTIONS)))
+    else:
+        spaces = {"emotion": LabelSpace("emotion", "categorical", spec.classes)}
+    dialogues, targets = [], {}
+    for split, n in spec.splits.items():
+        for i in range(n):
+            dia_id = f"{split}_{i:04d}"
+            n_utt = int(rng.integers(spec.lengths[0], spec.lengths[1] + 1))
+            speakers = [f"spk{int(s)}" for s in rng.integers(0, spec.n_speakers, size=n_utt)]
+            utts = []
+            if spec.kind == "mosei":
+                z = rng.standard_normal((n_utt, 8))
+                sentiment = np.clip(np.round(z @ w_sent / np.sqrt(8) * 1.5 * 5) / 5, -3, 3)  # steps of 0.2, some zeros
+                present = (z @ w_emo) > 0.5
+                targets[dia_id] = z
+                for j in range(n_utt):
+                    labels = {"sentiment": float(sentiment[j]),
+                              "emotions": tuple(e for e, p in zip(EMOTIONS, present[j], strict=True) if p)}
+                    utts.append(Utterance(f"{dia_id}_u{j}", dia_id, speakers[j], f"utterance {j}", split, labels))
+            else:
+                y = rng.integers(0, len(spec.classes), size=n_utt)
+                if spec.kind == "neighbour":  # features of j carry the label of j - 1; the first carries noise
+                    targets[dia_id] = np.concatenate([[-1], y[:-1]])
+                else:
+                    targets[dia_id] = y
+                for j in range(n_utt):
+                    unlabelled = spec.kind == "neighbour" and j == n_utt - 1
+                    labels = {} if unlabelled else {"emotion": spec.classes[int(y[j])]}
+                    utts.append(Utterance(f"{dia_id}_u{j}", dia_id, speakers[j], f"utterance {j}", split, labels))
+            dialogues.append(Dialogue(dia_id, split, utts))
+    return Manifest(dataset, spaces, dialogues), targets
+
+
+def _projection(spec: SynthSpec, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Class prototypes [C, D] (categorical) or a latent-to-feature map [8, D] (mosei)."""
+    if spec.kind == "mosei":
+        return rng.standard_normal((8, dim)) * spec.signal / np.sqrt(8)
+    protos = rng.standard_normal((len(spec.classes), dim))
+    return protos / np.linalg.norm(protos, axis=1, keepdims=True) * spec.signal * np.sqrt(dim) / 4
+
+
+def _features(target: np.ndarray, proj: np.ndarray, spec: SynthSpec, rng: np.random.Generator) -> np.ndarray:
+    n, dim = len(target), proj.shape[1]
+    noise = spec.noise * rng.standard_normal((n, dim))
+    if spec.kind == "mosei":
+        return (target @ proj + noise).astype(np.float32)
+    signal = np.where((target >= 0)[:, None], proj[np.maximum(target, 0)], 0.0)
+    return (signal + noise).astype(np.float32)
