@@ -213,3 +213,9 @@ def test_rejects_non_categorical_primary():
     from head_batches import SENTIMENT
     with pytest.raises(ValueError, match="categorical"):
         MisterE(MisterEConfig(**TINY), DIMS, [SENTIMENT])
+
+
+def test_rejects_extra_tasks():
+    from head_batches import SENTIMENT
+    with pytest.raises(ValueError, match="--task emotion"):
+        MisterE(MisterEConfig(**TINY), DIMS, [EMOTION, SENTIMENT])

@@ -22,13 +22,20 @@ from .base import TaskSpec
 
 
 def primary_categorical(tasks: list[TaskSpec], head: str) -> TaskSpec:
-    """The primary task, which these heads require to be categorical."""
+    """The one task of a head that predicts a single categorical label space (MiSTER-E, SUMMER, Ada2I).
+
+    The trainer reads logits for every task of the run, so extra tasks are refused here with the fix."""
     if not tasks:
-        raise ValueError(f"head {head!r} needs at least one task")
+        raise ValueError(f"head {head!r} needs a task")
     if tasks[0].kind != "categorical":
         raise ValueError(
-            f"head {head!r} predicts a categorical primary task; got {tasks[0].name!r} of kind "
-            f"{tasks[0].kind!r}. Put a categorical label space first in --tasks."
+            f"head {head!r} predicts a categorical label space; got {tasks[0].name!r} of kind "
+            f"{tasks[0].kind!r}. Choose a categorical one with --task <name>."
+        )
+    if len(tasks) > 1:
+        raise ValueError(
+            f"head {head!r} predicts one categorical label space; got {[t.name for t in tasks]}. "
+            f"Run it with --task {tasks[0].name} (mmolre and the baselines take several tasks)."
         )
     return tasks[0]
 
