@@ -27,6 +27,14 @@ ROLE_ALIASES = {"t": "t", "a": "a", "v": "v", "text": "t", "audio": "a", "video"
 class HeadsError(MercError):
     """A stage-2 request that cannot be served as asked (unknown feature set, task, role, option...)."""
 
+    def __init__(self, problem: str, *, file: str | None = None, fix: str = ""):
+        super().__init__(problem, file=file, fix=fix)
+        if file is None:  # most of these are about the command line, not a file: no "-:" prefix
+            self.args = (f"{problem}. Fix: {fix}" if fix else problem,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
 
 # ---------------------------------------------------------------------------------------------------
 # --features and --task parsing

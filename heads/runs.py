@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from merc.extract.store import StoreReader
 
-from .data import HeadsData, HeadsError
+from .data import HeadsData, HeadsError, resolve_roles
 from .models.base import Head, TaskSpec
 from .registry import available_heads, head_class, make_config
 from .trainer import (
@@ -182,10 +183,13 @@ def train_run(req: RunRequest, callbacks: list[Callback] | None = None) -> RunRe
     head_over, optim_over, trainer_over = split_overrides(req.head, req.overrides)
     cfg = _make_config(req.head, head_over)
     max_frames = int(trainer_over.get("max_frames", 64) or 0) or None
+    check_roles(cls, resolve_roles(StoreReader(req.store), req.dataset, req.features))  # before any heavy read
     data = HeadsData.load(req.store, req.dataset, req.features, tasks=req.tasks,
                           frames="frames" in cls.levels, max_frames=max_frames)
-    check_roles(cls, data.roles)
-    head = cls(cfg, data.dims, data.tasks)
+    try:
+        head = cls(cfg, data.dims, data.tasks)
+    except ValueError as e:  # heads refuse tasks or option combinations they cannot serve, saying why
+        raise HeadsError(str(e) if req.head in str(e) else f"head {req.head!r}: {e}") from None
 
     schedule = {k: v for k, v in head.optimizer_config().items() if k in SCHEDULE_KEYS}
     tcfg = TrainConfig(

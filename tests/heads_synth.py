@@ -130,3 +130,35 @@ def _features(target: np.ndarray, proj: np.ndarray, spec: SynthSpec, rng: np.ran
         return (target @ proj + noise).astype(np.float32)
     signal = np.where((target >= 0)[:, None], proj[np.maximum(target, 0)], 0.0)
     return (signal + noise).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# stores shared by the test files of one pytest process (each is built once, on first use)
+# ---------------------------------------------------------------------------------------------------
+
+SHARED_SPECS = {
+    # every head can train on it: three modalities, frames for the frame-level heads, a few failed rows
+    "planted": SynthSpec(kind="planted", dims={"t": 32, "a": 32, "v": 16}, frames=(2, 4), seed=1),
+    "neighbour": SynthSpec(kind="neighbour", dims={"t": 32, "a": 32}, invalid_rate=0.0, seed=2),
+    "mosei": SynthSpec(kind="mosei", dims={"t": 32, "a": 32}, frames=(2, 4), seed=3),
+}
+_SHARED: dict[str, tuple[str, dict[str, str]]] = {}
+
+
+def shared_store(kind: str) -> tuple[str, dict[str, str]]:
+    """(store path, role -> feature set) of a store of SHARED_SPECS, dataset "synth"; built once per process."""
+    if kind not in _SHARED:
+        import atexit
+        import shutil
+        import tempfile
+
+        root = tempfile.mkdtemp(prefix=f"merc-heads-{kind}-")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        path = str(Path(root) / "store.zarr")
+        _SHARED[kind] = (path, build_store(path, SHARED_SPECS[kind]))
+    return _SHARED[kind]
+
+
+def features_arg(names: dict[str, str], roles: str = "tav") -> str:
+    """`t=text32,a=audio32` for the given roles that the store has."""
+    return ",".join(f"{r}={names[r]}" for r in roles if r in names)
