@@ -50,6 +50,7 @@ def extract(
     layers: Annotated[str | None, typer.Option(help="Layer: last, an index, or last4-mean.")] = None,
     max_seconds: Annotated[float, typer.Option(help="Audio longer than this is cut (and reported).")] = 30.0,
     channels: Annotated[str, typer.Option(help="Multichannel audio: downmix, center or first.")] = "downmix",
+    window: Annotated[int, typer.Option(help="Utterances prepared and batched together (more = fuller batches, more memory).")] = 512,
     overwrite: Annotated[bool, typer.Option(help="Replace a feature set (or dataset) built with other settings.")] = False,
     allow_missing: Annotated[bool, typer.Option(help="Exit 0 even if some utterances could not be extracted.")] = False,
 ) -> None:
@@ -62,14 +63,14 @@ def extract(
 
     try:
         code = _run_extract(dataset, root, encoder, store, feature_set, name, modalities, protocol, workers,
-                            device, dtype, pooling, layers, max_seconds, channels, overwrite, allow_missing)
+                            device, dtype, pooling, layers, max_seconds, channels, window, overwrite, allow_missing)
     except MercError as exc:
         _fail(exc)
     raise typer.Exit(code)
 
 
 def _run_extract(dataset, root, encoder_name, store, feature_set, name, modalities, protocol, workers, device,
-                 dtype, pooling, layers, max_seconds, channels, overwrite, allow_missing) -> int:
+                 dtype, pooling, layers, max_seconds, channels, window, overwrite, allow_missing) -> int:
     from merc.data_manifests.adapters import load_manifest
     from merc.extract.encoders import EncoderRequest, build_encoder, feature_set_name
     from merc.extract.media import AudioPolicy
@@ -96,7 +97,7 @@ def _run_extract(dataset, root, encoder_name, store, feature_set, name, modaliti
     writer = StoreWriter(store, ds_name, fs_name)
     writer.open(manifest, fingerprint={**enc.fingerprint(), "manifest": manifest.digest()}, info=enc.info(),
                 overwrite=overwrite)
-    job = Extraction(manifest, enc, writer, workers=workers)
+    job = Extraction(manifest, enc, writer, workers=workers, window_utterances=window)
     done_before = len(writer.done_dialogues())
     total_utts = manifest.n_utterances
     if done_before == len(manifest.dialogues):

@@ -122,12 +122,15 @@ class Extraction:
     """One (manifest, encoder, store) job."""
 
     def __init__(self, manifest: Manifest, encoder: Encoder, writer: StoreWriter, *, workers: int | None = None,
-                 keep_frames: bool = False):
+                 keep_frames: bool = False, window_utterances: int = WINDOW_UTTERANCES):
         self.manifest = manifest
         self.encoder = encoder
         self.writer = writer
         self.workers = default_workers(encoder) if workers is None else workers
         self.keep_frames = keep_frames
+        if keep_frames:
+            encoder.keep_frames = True  # the encoder returns frames only when asked (they cost memory)
+        self.window_utterances = window_utterances
 
     def run(self, dialogues: list[Dialogue] | None = None, progress: Callable[[int], None] | None = None) -> RunStats:
         """Extract every dialogue not yet complete (or just `dialogues`); `progress(n)` is told of each n utterances."""
@@ -149,7 +152,7 @@ class Extraction:
         write_pool = cf.ThreadPoolExecutor(1)
         writes: list[cf.Future] = []
         try:
-            wins = list(windows(todo))
+            wins = list(windows(todo, self.window_utterances))
             pending = self._submit(pool, preparer, wins[0])
             for i, win in enumerate(wins):
                 nxt = self._submit(pool, preparer, wins[i + 1]) if i + 1 < len(wins) else None
@@ -175,7 +178,7 @@ class Extraction:
         return stats
 
     def _submit(self, pool, preparer: Preparer, win: list[Dialogue]):
-        utts = [u for d in win for u in d.utterances]
+        utts = [u for d in win for u in self.encoder.prepare_dialogue(d)]  # context-aware encoders add context
         if pool is None:
             return utts  # prepared lazily in _collect, in this process
         return [pool.submit(_prepare_chunk, utts[i: i + CHUNK]) for i in range(0, len(utts), CHUNK)]

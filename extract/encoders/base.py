@@ -7,6 +7,10 @@ An encoder splits its work in two so that the expensive model never waits on I/O
 - `encode_batch`: runs the frozen model in the main process on a length-sorted batch.
 
 Everything that determines the numbers goes into `fingerprint()`; the store refuses to mix two.
+
+Encoders that need a dialogue's context (an LLM prompt with the previous k utterances) override
+`prepare_dialogue`: the runner asks it for the utterances of each dialogue before handing them one by
+one to the preparer, so the context travels inside the (picklable) utterance itself.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from merc.data_manifests.errors import MercError
-from merc.data_manifests.manifest import Utterance
+from merc.data_manifests.manifest import Dialogue, Utterance
 
 FORMAT_VERSION = 1  # bump when a change in merc alters the numbers an encoder writes
 
@@ -39,6 +43,13 @@ class Encoded:
     frames: np.ndarray | None = None  # [n_frames, D] when frames are kept
 
 
+@dataclass
+class ContextUtterance(Utterance):
+    """An utterance plus the (speaker, text) of the utterances before it in its dialogue, oldest first."""
+
+    context: tuple[tuple[str, str], ...] = ()
+
+
 class Preparer:
     """Picklable per-utterance input builder, run in worker processes."""
 
@@ -51,9 +62,14 @@ class Encoder:
 
     modality: ClassVar[str] = "text"  # text | audio | video
     final_in_preparer: ClassVar[bool] = False  # True: the preparer already returns the feature vector
+    keep_frames: bool = False  # also return frame/token sequences (Encoded.frames); set by the runner
 
     def __init__(self, name: str):
         self.name = name
+
+    def prepare_dialogue(self, dialogue: Dialogue) -> list[Utterance]:
+        """The utterances the preparer receives for this dialogue (hook for context-aware encoders)."""
+        return dialogue.utterances
 
     @property
     def dim(self) -> int:  # pragma: no cover - abstract
@@ -74,7 +90,8 @@ class Encoder:
         raise NotImplementedError
 
     def info(self) -> dict:
-        return {"encoder": self.name, "modality": self.modality, "dim": self.dim, "levels": ["utterance"]}
+        levels = ["utterance", "frame"] if self.keep_frames else ["utterance"]
+        return {"encoder": self.name, "modality": self.modality, "dim": self.dim, "levels": levels}
 
 
 class EncoderError(MercError):

@@ -23,7 +23,7 @@ class TextOptions:
     layers: str = "last"  # last | <int> (hidden_states index, negative from the end) | last<k>-mean
     normalize: bool = False  # L2-normalise the pooled vector (sentence-transformers models do)
     max_length: int = 128
-    batch_tokens: int = 16384  # padded tokens per batch
+    batch_tokens: int = 1024  # padded tokens per batch (bigger batches ran slower on CPU: tools/bench_extract.py)
     device: str = "cpu"
     dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
 
