@@ -43,7 +43,9 @@ def extract(
     name: Annotated[str | None, typer.Option(help="Dataset name inside the store [default: --dataset].")] = None,
     modalities: Annotated[str | None, typer.Option(help="MELD/IEMOCAP: 'text' to work from the transcripts alone [default: what the encoder needs].")] = None,
     protocol: Annotated[str | None, typer.Option(help="IEMOCAP protocol: 6-erc, 4-erc or 4-ser.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes for decoding / openSMILE [default: by encoder].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Run on a local dask cluster of this many worker processes.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Run on an existing dask cluster (tcp://host:8786).")] = None,
+    decode_workers: Annotated[int | None, typer.Option(help="Local run: processes that decode media / run openSMILE [default: by encoder].")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
     dtype: Annotated[str, typer.Option(help="Model weights: auto (fp16 on CUDA), fp32, fp16, bf16.")] = "auto",
     pooling: Annotated[str | None, typer.Option(help="Pooling: mean or cls (text encoders).")] = None,
@@ -63,15 +65,18 @@ def extract(
 
     try:
         code = _run_extract(dataset, root, encoder, store, feature_set, name, modalities, protocol, workers,
-                            device, dtype, pooling, layers, max_seconds, channels, window, overwrite, allow_missing)
+                            scheduler, decode_workers, device, dtype, pooling, layers, max_seconds, channels, window,
+                            overwrite, allow_missing)
     except MercError as exc:
         _fail(exc)
     raise typer.Exit(code)
 
 
-def _run_extract(dataset, root, encoder_name, store, feature_set, name, modalities, protocol, workers, device,
-                 dtype, pooling, layers, max_seconds, channels, window, overwrite, allow_missing) -> int:
+def _run_extract(dataset, root, encoder_name, store, feature_set, name, modalities, protocol, workers, scheduler,
+                 decode_workers, device, dtype, pooling, layers, max_seconds, channels, window, overwrite,
+                 allow_missing) -> int:
     from merc.data_manifests.adapters import load_manifest
+    from merc.extract.distributed import describe_encoder, make_client, run_on_dask
     from merc.extract.encoders import EncoderRequest, build_encoder, feature_set_name
     from merc.extract.media import AudioPolicy
     from merc.extract.runner import Extraction
@@ -81,34 +86,48 @@ def _run_extract(dataset, root, encoder_name, store, feature_set, name, modaliti
     console = _console()
     req = EncoderRequest(encoder_name, pooling=pooling, layers=layers, device=device, dtype=dtype,
                          audio=AudioPolicy(max_seconds=max_seconds, channels=channels))
-    enc = build_encoder(req)
-    options: dict = {}
-    if dataset in ("meld", "iemocap"):
-        options["modalities"] = tuple(modalities.split(",")) if modalities else (enc.modality,)
-    if protocol:
-        options["protocol"] = protocol
-    manifest = load_manifest(dataset, root, **options)
-    for finding in manifest.findings[:10]:
-        console.print(f"[yellow]note:[/] {finding}")
-    if len(manifest.findings) > 10:
-        console.print(f"[yellow]note:[/] ... and {len(manifest.findings) - 10} more findings")
-    ds_name = name or manifest.name
-    fs_name = feature_set or feature_set_name(encoder_name)
-    writer = StoreWriter(store, ds_name, fs_name)
-    writer.open(manifest, fingerprint={**enc.fingerprint(), "manifest": manifest.digest()}, info=enc.info(),
-                overwrite=overwrite)
-    job = Extraction(manifest, enc, writer, workers=workers, window_utterances=window)
-    done_before = len(writer.done_dialogues())
-    total_utts = manifest.n_utterances
-    if done_before == len(manifest.dialogues):
-        console.print(f"{ds_name}/{fs_name}: all {done_before} dialogues already extracted; nothing to do.")
+    client = make_client(workers, scheduler) if (workers or scheduler) else None
+    try:
+        if client is None:
+            enc = build_encoder(req)
+            fingerprint, info = enc.fingerprint(), enc.info()
+        else:  # the model loads on the workers only
+            fingerprint, info = client.submit(describe_encoder, req, pure=False).result()
+        options: dict = {}
+        if dataset in ("meld", "iemocap"):
+            options["modalities"] = tuple(modalities.split(",")) if modalities else (info["modality"],)
+        if protocol:
+            options["protocol"] = protocol
+        manifest = load_manifest(dataset, root, **options)
+        for finding in manifest.findings[:10]:
+            console.print(f"[yellow]note:[/] {finding}")
+        if len(manifest.findings) > 10:
+            console.print(f"[yellow]note:[/] ... and {len(manifest.findings) - 10} more findings")
+        ds_name = name or manifest.name
+        fs_name = feature_set or feature_set_name(encoder_name)
+        writer = StoreWriter(store, ds_name, fs_name)
+        writer.open(manifest, fingerprint={**fingerprint, "manifest": manifest.digest()}, info=info,
+                    overwrite=overwrite)
+        done = writer.done_dialogues()
         stats = None
-    else:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("utts"),
-                      TimeRemainingColumn(), console=console, transient=False) as bar:
-            skipped_utts = sum(len(d) for d in manifest.dialogues if d.id in writer.done_dialogues())
-            task = bar.add_task(f"{enc.name} on {ds_name}", total=total_utts, completed=skipped_utts)
-            stats = job.run(progress=lambda n: bar.advance(task, n))
+        if len(done) == len(manifest.dialogues):
+            console.print(f"{ds_name}/{fs_name}: all {len(done)} dialogues already extracted; nothing to do.")
+        else:
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("utts"),
+                          TimeRemainingColumn(), console=console, transient=False) as bar:
+                skipped_utts = sum(len(d) for d in manifest.dialogues if d.id in done)
+                where = f" on {len(client.scheduler_info()['workers'])} dask workers" if client else ""
+                task = bar.add_task(f"{encoder_name} on {ds_name}{where}", total=manifest.n_utterances,
+                                    completed=skipped_utts)
+                advance = lambda n: bar.advance(task, n)  # noqa: E731
+                if client is None:
+                    stats = Extraction(manifest, enc, writer, workers=decode_workers,
+                                       window_utterances=window).run(progress=advance)
+                else:
+                    stats = run_on_dask(client, manifest, req, writer, window=window, progress=advance)
+    finally:
+        if client is not None:
+            client.close()
     report = writer.finalize(manifest)
     failed = report["utterances_failed"]
     if stats is not None:
@@ -125,7 +144,7 @@ def _run_extract(dataset, root, encoder_name, store, feature_set, name, modaliti
         console.print(f"[red]... and {failed - 20} more skipped utterances[/] (all in the store's report: "
                       f"merc-extract status --store {store} --failures)")
     console.print(f"[bold]{ds_name}/{fs_name}[/]: {report['dialogues_complete']}/{report['dialogues_total']} dialogues "
-                  f"complete, dim {enc.dim}, {failed} utterance(s) skipped; store: {store}")
+                  f"complete, dim {info['dim']}, {failed} utterance(s) skipped; store: {store}")
     if failed and not allow_missing:
         console.print("[red]exit 1:[/] some utterances were skipped (pass --allow-missing to accept that).")
         return 1
