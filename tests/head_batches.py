@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from merc.heads.models.base import Batch, TaskSpec
 
 EMOTION = TaskSpec("emotion", "categorical", ("neu", "hap", "sad", "ang"))

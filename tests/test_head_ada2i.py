@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from head_batches import EMOTION, assert_all_grads, assert_valid_outputs_equal, make_batch, repad
+
 from merc.heads.models._common import count_params
 from merc.heads.models.ada2i import (
     Ada2I,

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 from head_batches import EMOTION, assert_all_grads, assert_valid_outputs_equal, make_batch, repad
+
 from merc.heads.models import _common
 from merc.heads.models.mister_e import (
     MisterE,

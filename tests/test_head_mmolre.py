@@ -12,6 +12,7 @@ from head_batches import (
     make_batch,
     repad,
 )
+
 from merc.heads.models import _common
 from merc.heads.models.mmolre import (
     LowRankExperts,
