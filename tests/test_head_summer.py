@@ -222,3 +222,10 @@ def test_dyn_attn_guide_by_hand():
 def test_optimizer_config():
     opt = tiny().optimizer_config()
     assert opt["name"] == "adam" and opt["lr"] == 1e-4 and opt["weight_decay"] == 1e-5 and opt["grad_clip"] == 0.0
+
+
+def test_threshold_never_fires_with_four_experts():
+    # Samuelson: max |l_e - mean| <= sqrt(n - 1) * std, so with n <= 5 the 2-sigma rule keeps every expert
+    moe = SDMoE(8, SummerConfig(d_model=8, heads=2, n_experts=4)).eval()
+    logits = torch.randn(64, 10, 4) * 5
+    torch.testing.assert_close(moe.route(logits), torch.softmax(logits, -1))
