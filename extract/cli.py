@@ -37,7 +37,7 @@ def extract(
     ctx: typer.Context,
     dataset: Annotated[str | None, typer.Option(help="Corpus adapter: meld, iemocap, manifest (a CSV/JSONL you wrote).")] = None,
     root: Annotated[Path | None, typer.Option(help="Corpus folder (or the CSV/JSONL file for --dataset manifest).")] = None,
-    encoder: Annotated[str | None, typer.Option(help="Encoder short name (see `merc-extract encoders`) or hf:<id-or-path>.")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Encoder short name (see `merc-extract encoders`), or hf:, llm:, sllm:, hf-vision:<id-or-path>.")] = None,
     store: Annotated[Path, typer.Option(help="Zarr store to write (created if missing).")] = Path("cache.zarr"),
     feature_set: Annotated[str | None, typer.Option(help="Name of the feature set in the store [default: the encoder name].")] = None,
     name: Annotated[str | None, typer.Option(help="Dataset name inside the store [default: --dataset].")] = None,
@@ -48,11 +48,18 @@ def extract(
     decode_workers: Annotated[int | None, typer.Option(help="Local run: processes that decode media / run openSMILE [default: by encoder].")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
     dtype: Annotated[str, typer.Option(help="Model weights: auto (fp16 on CUDA), fp32, fp16, bf16.")] = "auto",
-    pooling: Annotated[str | None, typer.Option(help="Pooling: mean or cls (text encoders).")] = None,
-    layers: Annotated[str | None, typer.Option(help="Layer: last, an index, or last4-mean.")] = None,
+    pooling: Annotated[str | None, typer.Option(help="Pooling: text mean|cls; speech/whisper mean; llm mean|last (own tokens); sllm last|mean; vision auto|cls|mean.")] = None,
+    layers: Annotated[str | None, typer.Option(help="Layer: last, an index (0 = embeddings, negative from the end), last4-mean, or all (layers concatenated).")] = None,
     max_seconds: Annotated[float, typer.Option(help="Audio longer than this is cut (and reported).")] = 30.0,
     channels: Annotated[str, typer.Option(help="Multichannel audio: downmix, center or first.")] = "downmix",
     window: Annotated[int, typer.Option(help="Utterances prepared and batched together (more = fuller batches, more memory).")] = 512,
+    keep_frames: Annotated[bool, typer.Option(help="Also store each utterance's frame/token vectors (frames + offsets).")] = False,
+    batch_budget: Annotated[int | None, typer.Option(help="Batch size in the family's unit: padded tokens (text, llm), seconds of audio (speech SSL), 30 s chunks (whisper), clips (sllm), frames (vision).")] = None,
+    prompt_context: Annotated[int, typer.Option(help="llm: previous utterances of the dialogue in each prompt.")] = 0,
+    prompt_template: Annotated[str | None, typer.Option(help="llm: prompt template with {context}, {speaker}, {text} [default: '{context}{speaker}: {text}'].")] = None,
+    adapter: Annotated[str | None, typer.Option(help="llm: PEFT/LoRA adapter folder, merged into the weights (needs peft).")] = None,
+    instruction: Annotated[str | None, typer.Option(help="sllm: instruction after the audio [default: 'What is the emotion of the speaker?'].")] = None,
+    fps: Annotated[float | None, typer.Option(help="hf-vision: video frames sampled per second [default: 2].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a feature set (or dataset) built with other settings.")] = False,
     allow_missing: Annotated[bool, typer.Option(help="Exit 0 even if some utterances could not be extracted.")] = False,
 ) -> None:
@@ -63,10 +70,12 @@ def extract(
         _fail(ValueError("--dataset, --root and --encoder are required (see merc-extract --help)"))
     from merc.data_manifests.errors import MercError
 
+    encoder_options = {"keep_frames": keep_frames, "batch_budget": batch_budget, "prompt_context": prompt_context,
+                       "prompt_template": prompt_template, "adapter": adapter, "instruction": instruction, "fps": fps}
     try:
         code = _run_extract(dataset, root, encoder, store, feature_set, name, modalities, protocol, workers,
                             scheduler, decode_workers, device, dtype, pooling, layers, max_seconds, channels, window,
-                            overwrite, allow_missing)
+                            overwrite, allow_missing, encoder_options=encoder_options)
     except MercError as exc:
         _fail(exc)
     raise typer.Exit(code)
@@ -74,7 +83,7 @@ def extract(
 
 def _run_extract(dataset, root, encoder_name, store, feature_set, name, modalities, protocol, workers, scheduler,
                  decode_workers, device, dtype, pooling, layers, max_seconds, channels, window, overwrite,
-                 allow_missing) -> int:
+                 allow_missing, encoder_options: dict | None = None) -> int:
     from merc.data_manifests.adapters import load_manifest
     from merc.extract.distributed import describe_encoder, make_client, run_on_dask
     from merc.extract.encoders import EncoderRequest, build_encoder, feature_set_name
@@ -85,7 +94,7 @@ def _run_extract(dataset, root, encoder_name, store, feature_set, name, modaliti
 
     console = _console()
     req = EncoderRequest(encoder_name, pooling=pooling, layers=layers, device=device, dtype=dtype,
-                         audio=AudioPolicy(max_seconds=max_seconds, channels=channels))
+                         audio=AudioPolicy(max_seconds=max_seconds, channels=channels), **(encoder_options or {}))
     client = make_client(workers, scheduler) if (workers or scheduler) else None
     try:
         if client is None:
@@ -205,7 +214,12 @@ def encoders() -> None:
 
     for name, (_, desc) in sorted(ENCODERS.items()):
         print(f"{name:12s} {desc}")
-    print(f"{'hf:<id>':12s} any Hugging Face text model id or local folder")
+    for prefix, what in (("hf:<id>", "any Hugging Face id or local folder; the family comes from its config "
+                                      "(text, speech SSL, Whisper, vision, speech LLM, LLM)"),
+                         ("llm:<id>", "decoder-only LLM: own-token pooling, --prompt-context, --adapter"),
+                         ("sllm:<id>", "speech LLM (Qwen2-Audio): audio + --instruction"),
+                         ("hf-vision:<id>", "image model over video frames sampled at --fps")):
+        print(f"{prefix:16s} {what}")
 
 
 def main() -> None:

@@ -127,9 +127,9 @@ class Extraction:
         self.encoder = encoder
         self.writer = writer
         self.workers = default_workers(encoder) if workers is None else workers
-        self.keep_frames = keep_frames
-        if keep_frames:
-            encoder.keep_frames = True  # the encoder returns frames only when asked (they cost memory)
+        # an encoder built with keep_frames (EncoderRequest) writes frames too, e.g. on dask workers
+        self.keep_frames = keep_frames or encoder.keep_frames
+        encoder.keep_frames = self.keep_frames  # encoders return frames only when asked (they cost memory)
         self.window_utterances = window_utterances
 
     def run(self, dialogues: list[Dialogue] | None = None, progress: Callable[[int], None] | None = None) -> RunStats:

@@ -1,4 +1,11 @@
-"""Encoder registry: short names -> builders; `hf:<id-or-path>` for any Hugging Face text model.
+"""Encoder registry: short names -> builders; prefixes for any Hugging Face id or local folder.
+
+    hf:<id-or-path>         dispatched on the config's model_type: text encoder, speech SSL
+                            (wav2vec2/HuBERT/WavLM/data2vec-audio), Whisper encoder, vision tower,
+                            speech LLM (Qwen2-Audio) or decoder-only LLM
+    llm:<id-or-path>        decoder-only LLM (prompt with dialogue context, own-token pooling)
+    sllm:<id-or-path>       speech LLM: audio + instruction prompt
+    hf-vision:<id-or-path>  image model over frames sampled from the video
 
 Builders import their heavy libraries lazily, so listing encoders or reading a store stays fast.
 """
@@ -24,6 +31,12 @@ class EncoderRequest:
     dtype: str = "auto"
     audio: AudioPolicy = field(default_factory=AudioPolicy)
     batch_budget: int | None = None
+    keep_frames: bool = False  # also return frame/token sequences
+    prompt_context: int = 0  # llm: previous utterances of the dialogue in the prompt
+    prompt_template: str | None = None  # llm: template with {context}, {speaker}, {text}
+    adapter: str | None = None  # llm: PEFT/LoRA adapter folder
+    instruction: str | None = None  # sllm: the instruction after the audio
+    fps: float | None = None  # vision: frames sampled per second of video
 
 
 Builder = Callable[[EncoderRequest], Encoder]
@@ -71,13 +84,103 @@ register_encoder("egemaps", "openSMILE eGeMAPS v02 functionals (88-d)")(_smile)
 register_encoder("compare", "openSMILE ComParE 2016 functionals (6373-d)")(_smile)
 
 
+# -- model families over any hub id or local folder ------------------------------------------------------
+FAMILIES = ("text", "audio", "whisper", "llm", "sllm", "vision")
+PREFIXES = {"hf:": None, "llm:": "llm", "sllm:": "sllm", "hf-vision:": "vision"}
+SPEECH_SSL_TYPES = {"wav2vec2", "wav2vec2-conformer", "data2vec-audio", "hubert", "wavlm", "unispeech",
+                    "unispeech-sat", "sew", "sew-d"}
+VISION_TYPES = {"vit", "clip", "clip_vision_model", "siglip", "siglip_vision_model", "dinov2", "deit", "beit",
+                "data2vec-vision", "vit_mae", "vit_msn", "swin", "swinv2", "convnext", "convnextv2", "resnet",
+                "regnet", "efficientnet", "mobilevit", "mobilevitv2", "levit", "pvt", "pvt_v2"}
+SPEECH_LLM_TYPES = {"qwen2_audio"}
+HUB_MODELS: dict[str, tuple[str, str, str]] = {  # short name -> (hub id, family, description)
+    "roberta-base": ("FacebookAI/roberta-base", "text", "RoBERTa base (768-d), mean over tokens"),
+    "roberta-large": ("FacebookAI/roberta-large", "text", "RoBERTa large (1024-d), mean over tokens"),
+    "data2vec": ("facebook/data2vec-audio-base", "audio", "data2vec-audio base (768-d), mean over frames"),
+    "data2vec-large": ("facebook/data2vec-audio-large", "audio", "data2vec-audio large (1024-d)"),
+    "wavlm-large": ("microsoft/wavlm-large", "audio", "WavLM large (1024-d)"),
+    "hubert-large": ("facebook/hubert-large-ll60k", "audio", "HuBERT large, LibriLight 60k h (1024-d)"),
+    "whisper-tiny": ("openai/whisper-tiny", "whisper", "Whisper tiny encoder (384-d)"),
+    "whisper-base": ("openai/whisper-base", "whisper", "Whisper base encoder (512-d)"),
+    "whisper-small": ("openai/whisper-small", "whisper", "Whisper small encoder (768-d)"),
+    "whisper-medium": ("openai/whisper-medium", "whisper", "Whisper medium encoder (1024-d)"),
+    "whisper-large-v3": ("openai/whisper-large-v3", "whisper", "Whisper large-v3 encoder (1280-d)"),
+}
+
+
+def family_of(model_id: str) -> str:
+    """Which family a hub id / local folder belongs to, from its config's model_type."""
+    from .hf_text import load_pretrained
+
+    config = load_pretrained(model_id, "AutoConfig")
+    model_type = getattr(config, "model_type", "")
+    if model_type == "whisper":
+        return "whisper"
+    if model_type in SPEECH_SSL_TYPES:
+        return "audio"
+    if model_type in SPEECH_LLM_TYPES:
+        return "sllm"
+    if model_type in VISION_TYPES:
+        return "vision"
+    architectures = getattr(config, "architectures", None) or []
+    if not getattr(config, "is_encoder_decoder", False) and any(
+            a.endswith("ForCausalLM") for a in architectures):
+        return "llm"
+    return "text"
+
+
+def _check_options(req: EncoderRequest, family: str) -> None:
+    """Options that only one family understands are an error elsewhere, not silently ignored."""
+    only = {"prompt_context": ("llm", req.prompt_context), "prompt_template": ("llm", req.prompt_template),
+            "adapter": ("llm", req.adapter), "instruction": ("sllm", req.instruction),
+            "fps": ("vision", req.fps)}
+    for option, (fam, value) in only.items():
+        if value and family != fam:
+            raise EncoderError(f"--{option.replace('_', '-')} applies to {fam} encoders, not to {req.name!r} "
+                               f"(a {family} encoder)", fix=f"drop --{option.replace('_', '-')}")
+
+
+def build_family(family: str, req: EncoderRequest, model_id: str) -> Encoder:
+    _check_options(req, family)
+    if family == "text":
+        return _text(req, model_id)
+    if family == "audio":
+        from .hf_audio import from_request
+    elif family == "whisper":
+        from .hf_whisper import from_request
+    elif family == "llm":
+        from .hf_llm import from_request
+    elif family == "sllm":
+        from .hf_speech_llm import from_request
+    elif family == "vision":
+        from .hf_vision import from_request
+    else:
+        raise EncoderError(f"unknown encoder family {family!r}", fix=f"use one of {', '.join(FAMILIES)}")
+    return from_request(req, model_id)
+
+
+def _hub_builder(hub_id: str, family: str) -> Builder:
+    return lambda req: build_family(family, req, hub_id)
+
+
+for _short, (_hub_id, _family, _desc) in HUB_MODELS.items():
+    register_encoder(_short, f"{_desc}; {_hub_id}")(_hub_builder(_hub_id, _family))
+
+
 def build_encoder(req: EncoderRequest) -> Encoder:
     if req.name in ENCODERS:
-        return ENCODERS[req.name][0](req)
-    if req.name.startswith("hf:"):
-        return _text(req, req.name[3:])
-    raise EncoderError(f"unknown encoder {req.name!r}",
-                       fix=f"use one of {', '.join(sorted(ENCODERS))}, or hf:<model id or local folder>")
+        enc = ENCODERS[req.name][0](req)
+    else:
+        prefix = next((p for p in PREFIXES if req.name.startswith(p)), None)
+        if prefix is None:
+            raise EncoderError(f"unknown encoder {req.name!r}",
+                               fix=f"use one of {', '.join(sorted(ENCODERS))}, or hf:, llm:, sllm: or "
+                                   "hf-vision:<model id or local folder>")
+        model_id = req.name[len(prefix):]
+        family = PREFIXES[prefix] or family_of(model_id)
+        enc = build_family(family, req, model_id)
+    enc.keep_frames = enc.keep_frames or req.keep_frames
+    return enc
 
 
 def feature_set_name(encoder_name: str) -> str:

@@ -81,3 +81,16 @@ def length_mask(lengths_b, max_len: int):
 
     lengths_b = torch.as_tensor(lengths_b)
     return torch.arange(max_len, device=lengths_b.device)[None, :] < lengths_b[:, None]
+
+
+def count_hidden_states(config) -> int:
+    """Entries of `hidden_states` (embeddings + one per layer) for a model config of any family."""
+    for cfg in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
+        if cfg is None:
+            continue
+        for attr in ("num_hidden_layers", "encoder_layers", "num_layers", "n_layer"):
+            n = getattr(cfg, attr, None)
+            if isinstance(n, int):
+                return n + 1
+    raise EncoderError(f"cannot tell how many layers a {type(config).__name__} model has",
+                       fix="use --layers last with this model")

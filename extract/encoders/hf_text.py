@@ -12,6 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ._device import OomGuard, check_device, resolve_dtype, to_device
+from ._layers import (
+    check_layer_spec,
+    count_hidden_states,
+    layer_multiplier,
+    needs_hidden_states,
+    select_layers,
+)
 from .base import FORMAT_VERSION, Encoded, Encoder, EncoderError, Prepared, Preparer, TextPreparer
 
 POOLINGS = ("mean", "cls")
@@ -20,7 +28,7 @@ POOLINGS = ("mean", "cls")
 @dataclass
 class TextOptions:
     pooling: str = "mean"  # mean over real tokens | cls (first token)
-    layers: str = "last"  # last | <int> (hidden_states index, negative from the end) | last<k>-mean
+    layers: str = "last"  # last | all | <int> (hidden_states index, negative from the end) | last<k>-mean
     normalize: bool = False  # L2-normalise the pooled vector (sentence-transformers models do)
     max_length: int = 128
     batch_tokens: int = 1024  # padded tokens per batch (bigger batches ran slower on CPU: tools/bench_extract.py)
@@ -44,11 +52,7 @@ def weights_hash(model_dir: str | Path) -> str:
 
 
 def torch_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return resolve_dtype(name, device)
 
 
 def load_pretrained(model_id: str, loader: str = "AutoModel", **kwargs):
@@ -69,22 +73,6 @@ def load_pretrained(model_id: str, loader: str = "AutoModel", **kwargs):
         ) from None
 
 
-def select_layers(hidden_states, spec: str):
-    """hidden_states: tuple of [B, L, D] (embeddings first). Returns [B, L, D]."""
-    import torch
-
-    if spec == "last":
-        return hidden_states[-1]
-    if spec.startswith("last") and spec.endswith("-mean"):
-        k = int(spec[4:-5])
-        return torch.stack(hidden_states[-k:]).mean(0)
-    try:
-        return hidden_states[int(spec)]
-    except (ValueError, IndexError):
-        raise EncoderError(f"layer spec {spec!r} is not valid for a model with {len(hidden_states) - 1} layers",
-                           fix="use last, an integer index (negative counts from the end) or last4-mean") from None
-
-
 class HFTextEncoder(Encoder):
     modality = "text"
 
@@ -96,41 +84,54 @@ class HFTextEncoder(Encoder):
             raise EncoderError(f"unknown pooling {self.opts.pooling!r} for a text encoder",
                                fix=f"use one of {', '.join(POOLINGS)}")
 
+        check_device(self.opts.device)
         self.tokenizer = load_pretrained(self.model_id, "AutoTokenizer")
         self.model = load_pretrained(self.model_id, "AutoModel",
                                      dtype=torch_dtype(self.opts.dtype, self.opts.device))
         self.model.eval().to(self.opts.device)
+        self.n_hidden_states = count_hidden_states(self.model.config)
+        check_layer_spec(self.opts.layers, self.n_hidden_states)
+        self.guard = OomGuard(self.opts.device)
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.model.config.hidden_size) * layer_multiplier(self.opts.layers, self.n_hidden_states)
 
     def preparer(self) -> Preparer:
         return TextPreparer()
 
     def batch_budget(self) -> int:
-        return self.opts.batch_tokens * 4  # Prepared.length counts characters; ~4 per token
+        return self.guard.budget(self.opts.batch_tokens * 4)  # Prepared.length counts characters; ~4 per token
 
     def encode_batch(self, items: list[Prepared]) -> list[Encoded]:
+        return self.guard.run(self._encode, items)
+
+    def _encode(self, items: list[Prepared]) -> list[Encoded]:
         import torch
 
         texts = [it.value for it in items]
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.opts.max_length,
                              return_tensors="pt")
-        enc = {k: v.to(self.opts.device, non_blocking=True) for k, v in enc.items()}
+        enc = to_device(dict(enc), self.opts.device)
         with torch.inference_mode():
-            out = self.model(**enc, output_hidden_states=self.opts.layers != "last")
+            out = self.model(**enc, output_hidden_states=needs_hidden_states(self.opts.layers))
             tokens_bld = out.last_hidden_state if self.opts.layers == "last" else select_layers(
                 out.hidden_states, self.opts.layers)
             tokens_bld = tokens_bld.float()
+            mask_bl = enc["attention_mask"].bool()
             if self.opts.pooling == "cls":
                 pooled_bd = tokens_bld[:, 0]
             else:
-                mask_bl1 = enc["attention_mask"].unsqueeze(-1).float()
+                mask_bl1 = mask_bl.unsqueeze(-1).float()
                 pooled_bd = (tokens_bld * mask_bl1).sum(1) / mask_bl1.sum(1).clamp(min=1.0)
             if self.opts.normalize:
                 pooled_bd = torch.nn.functional.normalize(pooled_bd, dim=-1)
-        return [Encoded(v) for v in pooled_bd.cpu().numpy().astype(np.float32)]
+            pooled = pooled_bd.cpu().numpy().astype(np.float32)
+            if not self.keep_frames:
+                return [Encoded(v) for v in pooled]
+            tokens = tokens_bld.cpu().numpy().astype(np.float32)
+            mask = mask_bl.cpu().numpy()
+        return [Encoded(pooled[i], tokens[i][mask[i]]) for i in range(len(items))]  # frames: real tokens only
 
     def fingerprint(self) -> dict:
         o = self.opts

@@ -1,0 +1,152 @@
+"""Whisper encoders (tiny ... large-v3): 30 s windows, pooled over the frames that hold real audio.
+
+Whisper's encoder only accepts exactly 30 s of log-mel (3000 frames -> 1500 encoder frames, 20 ms
+each), so a short clip is mostly padding. Averaging all 1500 frames would mostly average silence, and
+other tools crop to len(wav)//320 but silently cut clips longer than 30 s. Here:
+- workers cut the clip into consecutive 30 s chunks and compute each chunk's log-mel (the feature
+  extractor pads every chunk to 30 s, as the model was trained);
+- per chunk only the first ceil(mel_frames / 2) encoder frames are kept (mel_frames = samples // 160:
+  the frames computed from real audio, e.g. 50 for a 1 s clip), and the chunks' frames are concatenated,
+  so a 40 s clip gives 1500 + 500 = 2000 frames - nothing is cut (raise --max-seconds above 30 for that);
+- the pooled vector is the mean of those frames. Chunks of many clips share one batch: every chunk
+  is a full 30 s input, so batching cannot change any clip's numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from merc.data_manifests.manifest import Utterance
+from merc.extract.media import AudioPolicy, load_audio
+
+from ._device import OomGuard, check_device, resolve_dtype, to_device
+from ._layers import (
+    check_layer_spec,
+    count_hidden_states,
+    layer_multiplier,
+    needs_hidden_states,
+    select_layers,
+)
+from .base import FORMAT_VERSION, Encoded, Encoder, EncoderError, Prepared, Preparer
+from .hf_audio import audio_notes
+from .hf_text import load_pretrained, weights_hash
+
+CHUNK_SECONDS = 30
+HOP = 160  # samples per log-mel frame at 16 kHz
+POOLINGS = ("mean",)
+
+
+def real_frames(n_samples: int, max_frames: int) -> int:
+    """Encoder frames of one chunk computed from real audio: ceil((n_samples // 160) / 2), at least 1."""
+    mel_frames = n_samples // HOP
+    return max(1, min(max_frames, -(-mel_frames // 2)))
+
+
+@dataclass
+class WhisperOptions:
+    layers: str = "last"
+    pooling: str = "mean"
+    batch_chunks: int = 0  # 30 s chunks per batch; 0 = 4 on CPU, 32 on CUDA
+    device: str = "cpu"
+    dtype: str = "auto"
+    audio: AudioPolicy = field(default_factory=AudioPolicy)
+
+
+class WhisperPreparer(Preparer):
+    """Worker side: decode, cut into 30 s chunks, log-mel of every chunk (padded to 30 s)."""
+
+    def __init__(self, policy: AudioPolicy, feature_extractor):
+        self.policy = policy
+        self.feature_extractor = feature_extractor
+
+    def __call__(self, utt: Utterance) -> Prepared:
+        audio = load_audio(utt.media, self.policy, utt.start, utt.end)
+        step = CHUNK_SECONDS * self.policy.sample_rate
+        chunks = [audio.samples[i: i + step] for i in range(0, len(audio.samples), step)]
+        mels_cfm = self.feature_extractor(chunks, sampling_rate=self.policy.sample_rate, return_tensors="np",
+                                          padding="max_length")["input_features"].astype(np.float32)
+        sizes = np.array([len(c) for c in chunks], dtype=np.int64)
+        # length counts 30 s chunks in samples: every chunk costs a full 30 s forward pass
+        return Prepared(utt.id, (mels_cfm, sizes), len(chunks) * step, audio_notes(audio, self.policy))
+
+
+class WhisperEncoder(Encoder):
+    modality = "audio"
+
+    def __init__(self, name: str, model_id: str, options: WhisperOptions | None = None):
+        super().__init__(name)
+        self.model_id = str(model_id)
+        self.opts = options or WhisperOptions()
+        if self.opts.pooling not in POOLINGS:
+            raise EncoderError(f"unknown pooling {self.opts.pooling!r} for a Whisper encoder",
+                               fix=f"use one of {', '.join(POOLINGS)}")
+        check_device(self.opts.device)
+        self.dtype = resolve_dtype(self.opts.dtype, self.opts.device)
+        self.feature_extractor = load_pretrained(self.model_id, "AutoFeatureExtractor")
+        model = load_pretrained(self.model_id, "AutoModel", dtype=self.dtype)
+        if not hasattr(model, "get_encoder"):
+            raise EncoderError(f"{self.model_id} loads as {type(model).__name__}, which has no Whisper encoder",
+                               file=self.model_id, fix="use a Whisper checkpoint (openai/whisper-*)")
+        self.model = model.get_encoder().eval().to(self.opts.device)  # the decoder is dropped with `model`
+        del model
+        self.max_frames = int(self.model.config.max_source_positions)
+        self.n_hidden_states = count_hidden_states(self.model.config)
+        check_layer_spec(self.opts.layers, self.n_hidden_states)
+        self.guard = OomGuard(self.opts.device)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.d_model) * layer_multiplier(self.opts.layers, self.n_hidden_states)
+
+    def preparer(self) -> Preparer:
+        return WhisperPreparer(self.opts.audio, self.feature_extractor)
+
+    def batch_budget(self) -> int:
+        chunks = self.opts.batch_chunks or (32 if self.opts.device.startswith("cuda") else 4)
+        return self.guard.budget(chunks * CHUNK_SECONDS * self.opts.audio.sample_rate)
+
+    def encode_batch(self, items: list[Prepared]) -> list[Encoded]:
+        return self.guard.run(self._forward, items)
+
+    def _forward(self, items: list[Prepared]) -> list[Encoded]:
+        import torch
+
+        mels_cfm = torch.from_numpy(np.concatenate([it.value[0] for it in items]))
+        inputs = to_device({"input_features": mels_cfm}, self.opts.device, self.dtype)
+        with torch.inference_mode():
+            out = self.model(**inputs, output_hidden_states=needs_hidden_states(self.opts.layers))
+            frames_cfd = out.last_hidden_state if self.opts.layers == "last" else select_layers(
+                out.hidden_states, self.opts.layers)
+            frames_cfd = frames_cfd.float().cpu().numpy()
+        results: list[Encoded] = []
+        c = 0
+        for it in items:
+            sizes = it.value[1]
+            kept = [frames_cfd[c + j, : real_frames(int(n), self.max_frames)] for j, n in enumerate(sizes)]
+            c += len(sizes)
+            frames_td = np.concatenate(kept)
+            results.append(Encoded(frames_td.mean(0), frames_td if self.keep_frames else None))
+        return results
+
+    def fingerprint(self) -> dict:
+        o = self.opts
+        return {"family": "hf-whisper-encoder", "model": self.model_id.rstrip("/").rsplit("/", 1)[-1],
+                "weights": weights_hash(self.model_id), "layers": o.layers, "pooling": o.pooling,
+                "frames": "real-audio frames of 30 s chunks, concatenated", "audio": o.audio.to_dict(),
+                "dtype": str(self.dtype).replace("torch.", ""), "merc_format": FORMAT_VERSION}
+
+    def info(self) -> dict:
+        return {**super().info(), "frame_rate_hz": 50, "model_id": self.model_id}
+
+
+def from_request(req, model_id: str) -> WhisperEncoder:
+    opts = WhisperOptions(device=req.device, dtype=req.dtype, audio=req.audio)
+    if req.pooling:
+        opts.pooling = req.pooling
+    if req.layers:
+        opts.layers = req.layers
+    if req.batch_budget:
+        opts.batch_chunks = req.batch_budget  # --batch-budget: 30 s chunks per batch
+    return WhisperEncoder(req.name, model_id, opts)
