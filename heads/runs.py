@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from merc.extract.store import StoreReader
 
 from .data import HeadsData, HeadsError, resolve_roles
@@ -184,7 +185,9 @@ def train_run(req: RunRequest, callbacks: list[Callback] | None = None) -> RunRe
     cfg = _make_config(req.head, head_over)
     max_frames = int(trainer_over.get("max_frames", 64) or 0) or None
     check_roles(cls, resolve_roles(StoreReader(req.store), req.dataset, req.features))  # before any heavy read
-    data = HeadsData.load(req.store, req.dataset, req.features, tasks=req.tasks,
+    # a multi-task head (MMoLRE: sentiment + emotions) may ask for every label space by default
+    tasks = req.tasks if req.tasks is not None else getattr(cls, "default_tasks", None)
+    data = HeadsData.load(req.store, req.dataset, req.features, tasks=tasks,
                           frames="frames" in cls.levels, max_frames=max_frames)
     try:
         head = cls(cfg, data.dims, data.tasks)

@@ -329,7 +329,7 @@ class Trainer:
     def _step(self, batch: Batch, epoch: int, opt: torch.optim.Optimizer, scaler, params: list) -> tuple[float, dict]:
         """One optimiser step: forward + loss under autocast, backward, clip, head hook, step."""
         head = self.head
-        opt.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)  # all parameters: a frozen one must not keep a stale grad from a past stage
         with autocast(self.device, self.precision):
             out = head(batch)
             loss, terms = head.loss(batch, out, epoch)

@@ -8,6 +8,9 @@ code path as a store made by merc-extract. Three kinds of signal:
 - "neighbour": the features of utterance j hold the prototype of the label of utterance j - 1, so an
                utterance's label can only be read from the NEXT utterance (context heads win, an
                utterance-level MLP is at chance); the last utterance of a dialogue is unlabelled;
+- "mood":      every utterance of a dialogue carries the dialogue's label, but each utterance's features hold
+               it only weakly: reading it well takes pooling over the dialogue, in any order (context heads
+               without positional information, such as Ada2I's transformer encoder, can do it);
 - "mosei":     a MOSEI-like video of segments with a regression sentiment in [-3, 3] and 6 multi-label
                emotions, both linear functions of a latent vector that each modality sees with noise.
 """
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from merc.data_manifests.manifest import Dialogue, LabelSpace, Manifest, Utterance
 from merc.extract.store import StoreWriter
 
@@ -28,7 +32,7 @@ MODALITY = {"t": "text", "a": "audio", "v": "video"}
 
 @dataclass
 class SynthSpec:
-    kind: str = "planted"  # planted | neighbour | mosei
+    kind: str = "planted"  # planted | neighbour | mood | mosei
     splits: dict[str, int] = field(default_factory=lambda: {"train": 60, "dev": 15, "test": 15})  # dialogues
     lengths: tuple[int, int] = (4, 10)  # utterances per dialogue, inclusive range
     dims: dict[str, int] = field(default_factory=lambda: {"t": 32, "a": 32})  # role -> width
@@ -103,6 +107,8 @@ def _manifest(dataset: str, spec: SynthSpec, rng: np.random.Generator) -> tuple[
                     utts.append(Utterance(f"{dia_id}_u{j}", dia_id, speakers[j], f"utterance {j}", split, labels))
             else:
                 y = rng.integers(0, len(spec.classes), size=n_utt)
+                if spec.kind == "mood":
+                    y[:] = y[0]
                 if spec.kind == "neighbour":  # features of j carry the label of j - 1; the first carries noise
                     targets[dia_id] = np.concatenate([[-1], y[:-1]])
                 else:
@@ -140,6 +146,7 @@ SHARED_SPECS = {
     # every head can train on it: three modalities, frames for the frame-level heads, a few failed rows
     "planted": SynthSpec(kind="planted", dims={"t": 32, "a": 32, "v": 16}, frames=(2, 4), seed=1),
     "neighbour": SynthSpec(kind="neighbour", dims={"t": 32, "a": 32}, invalid_rate=0.0, seed=2),
+    "mood": SynthSpec(kind="mood", splits={"train": 80, "dev": 30, "test": 10}, dims={"t": 32, "a": 32}, lengths=(8, 14), signal=0.5, invalid_rate=0.0, seed=4),
     "mosei": SynthSpec(kind="mosei", dims={"t": 32, "a": 32}, frames=(2, 4), seed=3),
 }
 _SHARED: dict[str, tuple[str, dict[str, str]]] = {}
@@ -162,3 +169,36 @@ def shared_store(kind: str) -> tuple[str, dict[str, str]]:
 def features_arg(names: dict[str, str], roles: str = "tav") -> str:
     """`t=text32,a=audio32` for the given roles that the store has."""
     return ",".join(f"{r}={names[r]}" for r in roles if r in names)
+
+
+def small_overrides(head: str) -> dict[str, str]:
+    """`--set` values that shrink a head to test size (widths 32, one layer, a few experts, a larger lr).
+
+    Picked by option name so that heads written later get shrunk too; only options the head has are set.
+    """
+    import dataclasses
+
+    from merc.heads.registry import head_class
+
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(head_class(head).config_cls):
+        name, default = f.name, f.default
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        if isinstance(default, int):
+            if "rank" in name:
+                out[name] = "8"
+            elif name.endswith("heads"):
+                out[name] = "2"
+            elif name == "experts" or name.endswith("_experts"):
+                out[name] = "2"
+            elif name == "top_k":
+                out[name] = "1"
+            elif "layers" in name or "blocks" in name:
+                out[name] = "1"
+            elif any(k in name for k in ("hidden", "dim", "d_model", "size")):
+                out[name] = "32"
+        elif "dropout" in name:
+            out[name] = "0.1"
+    out["lr"] = "3e-3"  # a head option where the head has one, else the optimiser's
+    return out
