@@ -24,7 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)  # no hard line breaks inside paths and commands to copy
 
 
 def _fail(exc: Exception) -> None:
@@ -233,8 +233,9 @@ def list_heads() -> None:
     """Heads, what they need (feature levels, modality roles, context) and their options with defaults."""
     import dataclasses
 
-    from merc.heads.registry import available_heads, head_class
     from rich.markup import escape
+
+    from merc.heads.registry import available_heads, head_class
 
     console = _console()
     for name in available_heads():

@@ -1,0 +1,123 @@
+"""`merc-heads` end to end: the run directory, exact checkpoint round trip, predict, list, one-line errors."""
+
+import csv
+import json
+
+import pytest
+import torch
+from heads_synth import features_arg, shared_store
+from typer.testing import CliRunner
+
+from merc.heads.cli import app
+from merc.heads.runs import evaluate_run, load_head
+
+torch.set_num_threads(1)
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small dialogue-gru run through the CLI (bf16 where the CPU has it: the round trip must hold there too)."""
+    path, names = shared_store("planted")
+    out = tmp_path_factory.mktemp("runs")
+    res = invoke("train", "--head", "dialogue-gru", "--store", path, "--dataset", "synth",
+                 "--features", features_arg(names, "ta"), "--epochs", 3, "--batch-size", 8, "--seed", 3,
+                 "--set", "hidden=32", "--set", "lr=3e-3", "--set", "patience=5", "--out", out, "--name", "gru")
+    assert res.exit_code == 0, res.output
+    return out / "gru", res.output
+
+
+def test_run_directory_holds_everything(trained):
+    run_dir, output = trained
+    for name in ("config.json", "head_config.json", "model.safetensors", "metrics.json", "predictions.csv",
+                 "log.jsonl", "learning_curve.png"):
+        assert (run_dir / name).exists(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["head"] == "dialogue-gru" and config["head_config"]["hidden"] == 32
+    assert config["features"] == {"t": "text32", "a": "audio32"} and set(config["fingerprints"]) == {"t", "a"}
+    assert config["tasks"] == [{"name": "emotion", "kind": "categorical", "classes": ["neutral", "joy", "anger", "sadness"]}]
+    assert config["train"]["seed"] == 3 and config["train"]["precision"] in ("fp32", "bf16")
+    assert config["optimizer"]["lr"] == 3e-3 and config["train"]["patience"] == 5
+    assert {"torch", "numpy", "zarr", "python"} <= set(config["versions"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = metrics["splits"]["test"]["emotion"]
+    assert {"accuracy", "weighted_f1", "macro_f1", "per_class", "confusion_matrix"} <= set(test)
+    assert set(test["per_class"]) == {"neutral", "joy", "anger", "sadness"}
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and "dev_weighted_f1" in log[0]
+    rows = list(csv.DictReader(open(run_dir / "predictions.csv")))
+    assert set(rows[0]) == {"utterance_id", "split", "task", "gold", "pred", "probabilities"}
+    assert {r["split"] for r in rows} == {"train", "dev", "test"}
+    assert abs(sum(json.loads(rows[0]["probabilities"]).values()) - 1) < 1e-4
+    # the summary line names the test metrics at the best-dev checkpoint and the run directory
+    assert "test emotion: weighted_f1" in output and "run:" in output
+
+
+def test_checkpoint_round_trip_is_exact(trained):
+    run_dir, _ = trained
+    metrics, recorded = evaluate_run(run_dir, "test")
+    assert json.loads(json.dumps(metrics)) == recorded
+    res = invoke("eval", run_dir, "--split", "test")
+    assert res.exit_code == 0 and "reproduces the recorded test metrics exactly" in res.output, res.output
+    res = invoke("eval", run_dir, "--split", "dev", "--json")
+    assert json.loads(res.output)["emotion"]["weighted_f1"] == recorded_dev(run_dir)
+
+
+def recorded_dev(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())["splits"]["dev"]["emotion"]["weighted_f1"]
+
+
+def test_weights_reload_bit_for_bit(trained):
+    from safetensors.torch import load_file
+
+    run_dir, _ = trained
+    head = load_head(run_dir)
+    saved = load_file(str(run_dir / "model.safetensors"))
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+
+
+def test_predict_writes_csv(trained, tmp_path):
+    run_dir, _ = trained
+    out = tmp_path / "p.csv"
+    res = invoke("predict", run_dir, "--out", out, "--split", "test")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(out)))
+    assert rows and {r["split"] for r in rows} == {"test"}
+    in_run = [r for r in csv.DictReader(open(run_dir / "predictions.csv")) if r["split"] == "test"]
+    assert [r["pred"] for r in rows] == [r["pred"] for r in in_run]
+
+
+def test_list_names_heads_needs_and_options():
+    res = invoke("list")
+    assert res.exit_code == 0
+    for text in ("mlp", "late-fusion", "dialogue-gru", "levels utterance", "hidden=256", "optional t,a,v"):
+        assert text in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--head", "nope"], "unknown head 'nope'"),
+    (["--head", "mlp", "--set", "colour=red"], "has no option 'colour'"),
+    (["--head", "mlp", "--set", "hidden"], "is not key=value"),
+    (["--head", "mlp", "--features", "text32,nope"], "feature set 'nope'"),
+    (["--head", "mlp", "--dataset", "meld"], "dataset 'meld' is not in the store"),
+    (["--head", "mlp", "--task", "sentiment"], "no label space 'sentiment'"),
+    (["--head", "mlp", "--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
+    (["--head", "mister-e", "--features", "text32"], "needs modality roles t, a"),
+])
+def test_user_errors_are_one_clear_message(args, message, tmp_path):
+    path, names = shared_store("planted")
+    base = {"--store": path, "--dataset": "synth", "--features": features_arg(names, "ta"), "--out": tmp_path,
+            "--epochs": "1"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    flat = ["train"] + [str(x) for kv in base.items() if kv[0] != "--set" for x in kv]
+    if "--set" in args:
+        flat += ["--set", args[args.index("--set") + 1]]
+    res = invoke(*flat)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Fix:" in res.output and "Traceback" not in res.output
