@@ -60,8 +60,8 @@ def roberta(folder: Path) -> Path:
 
     tok = train_tokenizer(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<s> $A </s>", bos_token="<s>",
                           eos_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
-    _seeded()
-    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    _seeded()  # 3 layers: 4 hidden states, so last4-mean is valid
+    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id,
                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     return _save(folder, RobertaModel(cfg), tok)

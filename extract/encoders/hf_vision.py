@@ -126,13 +126,24 @@ class HFVisionEncoder(Encoder):
         check_device(o.device)
         self.dtype = resolve_dtype(o.dtype, o.device)
         self.image_processor = load_pretrained(self.model_id, "AutoImageProcessor")
-        self.model = load_pretrained(self.model_id, "AutoModel", dtype=self.dtype)
+        self.model = load_pretrained(self.model_id, self._model_class(), dtype=self.dtype)
         self.model.eval().to(o.device)
         self.n_hidden_states = count_hidden_states(self.model.config)
         check_layer_spec(o.layers, self.n_hidden_states)
         self.guard = OomGuard(o.device)
         probe = self.image_processor(images=[np.zeros((32, 32, 3), np.uint8)], return_tensors="np")["pixel_values"]
         self._dim = int(self._embed(probe).shape[-1])  # one black frame: the embedding size of any model kind
+
+    def _model_class(self) -> str:
+        """AutoModel, except for checkpoints saved with an image projection head that AutoModel would drop
+        (CLIPVisionModelWithProjection, SiglipVisionModel... loaded as the class they were saved as)."""
+        import transformers
+
+        config = load_pretrained(self.model_id, "AutoConfig")
+        for arch in getattr(config, "architectures", None) or []:
+            if arch.endswith("WithProjection") and hasattr(transformers, arch):
+                return arch
+        return "AutoModel"
 
     @property
     def dim(self) -> int:

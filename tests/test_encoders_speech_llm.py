@@ -1,0 +1,58 @@
+"""Speech LLM family (a tiny Qwen2-Audio with its real processor built offline): prompt, pooling, batching, CLI."""
+
+import numpy as np
+import pytest
+from encoder_testing import extract_cli, tiny_model
+from media_fixtures import write_manifest_corpus, write_wav
+
+from merc.data_manifests.manifest import Utterance
+from merc.extract.encoders import EncoderRequest, build_encoder, family_of
+from merc.extract.store import StoreReader
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sllm")
+    enc = build_encoder(EncoderRequest(f"sllm:{tiny_model('qwen2-audio')}"))
+    utts = [Utterance(f"u{i}", "d", "A", "x", "train", media=str(write_wav(root / f"{i}.wav", s, 170 + 50 * i)))
+            for i, s in enumerate([0.7, 1.9, 3.1])]
+    return enc, [enc.preparer()(u) for u in utts]
+
+
+def test_prompt_is_the_chat_template_up_to_the_answer(items):
+    enc, _ = items
+    assert enc.prompt.endswith("What is the emotion of the speaker?<|im_end|>\n<|im_start|>assistant\n")
+    assert "<|audio_bos|><|AUDIO|><|audio_eos|>" in enc.prompt
+    assert enc.dim == 32
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_batching_does_not_change_vectors(items, pooling):
+    enc, prepared = items
+    enc.opts.pooling = pooling
+    enc.keep_frames = True
+    together = enc.encode_batch(prepared)  # 0.7 / 1.9 / 3.1 s: different numbers of audio tokens
+    for item, vec in zip(prepared, together, strict=True):
+        alone = enc.encode_batch([item])[0]
+        np.testing.assert_allclose(alone.pooled, vec.pooled, atol=1e-4)
+        # answer side = the tokens after <|audio_eos|>: the same count for every clip
+        assert alone.frames.shape == together[0].frames.shape
+    enc.opts.pooling, enc.keep_frames = "last", False
+    np.testing.assert_allclose(together[0].frames[-1], enc.encode_batch([prepared[0]])[0].pooled, atol=1e-4)
+
+
+def test_instruction_changes_vector_and_fingerprint(items):
+    enc, prepared = items
+    other = build_encoder(EncoderRequest(f"sllm:{tiny_model('qwen2-audio')}", instruction="Is the speaker angry?"))
+    assert "Is the speaker angry?" in other.prompt and other.fingerprint() != enc.fingerprint()
+    assert not np.allclose(other.encode_batch(prepared[:1])[0].pooled, enc.encode_batch(prepared[:1])[0].pooled)
+
+
+def test_cli_hf_prefix_dispatches_to_the_speech_llm(tmp_path):
+    assert family_of(str(tiny_model("qwen2-audio"))) == "sllm"
+    corpus = write_manifest_corpus(tmp_path / "c", n_dialogues=3, n_utts=2)
+    store = tmp_path / "s.zarr"
+    out = extract_cli("--dataset", "manifest", "--root", corpus, "--encoder", f"hf:{tiny_model('qwen2-audio')}",
+                      "--store", store, "--feature-set", "qa", "--decode-workers", "0")
+    assert "3/3 dialogues complete, dim 32, 0 utterance(s) skipped" in out
+    assert StoreReader(store).info("manifest", "qa")["fingerprint"]["family"] == "hf-speech-llm"
