@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from merc.data_manifests.errors import MercError
 from merc.data_manifests.manifest import LabelSpace
 from merc.extract.store import StoreReader, dialogue_key
@@ -111,10 +112,11 @@ def resolve_tasks(spaces: dict[str, LabelSpace], names: str | list[str] | None) 
 class Frames:
     """One role's frame/token sequences, at most `max_frames` per utterance, packed over all utterances.
 
-    Frames of utterance row i are `data[offsets[i]:offsets[i + 1]]` (float16).
+    Frames of utterance row i are `data[offsets[i]:offsets[i + 1]]` (float16); the extra last row is zeros,
+    the row that padded frame positions gather.
     """
 
-    data: torch.Tensor  # [n_frames_total, D] float16
+    data: torch.Tensor  # [n_frames_total + 1, D] float16
     offsets: np.ndarray  # [N + 1] int64
 
 
@@ -127,7 +129,7 @@ class HeadsData:
     roles: dict[str, str]  # role -> feature set
     fingerprints: dict[str, str]  # role -> fingerprint hash of its feature set
     tasks: list[TaskSpec]
-    feats: dict[str, torch.Tensor]  # role -> [N, D] float16
+    feats: dict[str, torch.Tensor]  # role -> [N + 1, D] float16; failed rows and the extra last row are zeros
     valid: dict[str, np.ndarray]  # role -> [N] bool
     labels: dict[str, np.ndarray]  # categorical [N] int64 (-1), regression [N] float32 (NaN), multilabel [N, C] float32 (-1)
     speakers: np.ndarray  # [N] int64, index by first appearance within the dialogue
@@ -148,7 +150,7 @@ class HeadsData:
         `fingerprints` (role -> hash, from a run's config.json) makes the read fail loudly when the store now
         holds features made with other encoder settings than the ones a checkpoint was trained on.
         """
-        reader = StoreReader(store)
+        reader = _Reader(store)
         roles = resolve_roles(reader, dataset, features)
         ds_attrs = reader.root[dataset].attrs["manifest"]
         spaces = {s["name"]: LabelSpace.from_dict(s) for s in ds_attrs["label_spaces"]}
@@ -160,8 +162,10 @@ class HeadsData:
         for role, name in roles.items():
             expected = (fingerprints or {}).get(role)
             pooled = reader.load_pooled(dataset, name, fingerprint_hash=expected)
-            feats[role] = torch.from_numpy(np.ascontiguousarray(pooled.pooled, dtype=np.float16))
             valid[role] = np.asarray(pooled.valid, dtype=bool)
+            x = np.zeros((len(valid[role]) + 1, pooled.pooled.shape[1]), dtype=np.float16)
+            x[:-1][valid[role]] = pooled.pooled[valid[role]]  # a failed extraction reads as zeros, whatever is stored
+            feats[role] = torch.from_numpy(x)
             fps[role] = reader.info(dataset, name).get("fingerprint_hash", "")
             dialogue_offsets = pooled.dialogue_offsets
             dialogue_ids = pooled.dialogue_ids
@@ -244,16 +248,17 @@ class HeadsData:
         mask_np = steps[None, :] < lengths[:, None]  # [B, T]
         rows_np = (starts[:, None] + steps[None, :])[mask_np]  # [n_real] rows in manifest order
         mask = torch.from_numpy(mask_np)
-        rows = torch.from_numpy(rows_np)
+        # one gather per role: pads point at the zero row past the last utterance
+        idx_bt = np.full((n_dia, max_len), self.n_utterances, dtype=np.int64)
+        idx_bt[mask_np] = rows_np
+        idx = torch.from_numpy(idx_bt.reshape(-1))
 
         feats, feat_mask = {}, {}
         for role, x_f16 in self.feats.items():
-            x = torch.zeros(n_dia, max_len, x_f16.shape[1], dtype=torch.float32)
-            x[mask] = x_f16.index_select(0, rows).float()
-            fm = torch.zeros(n_dia, max_len, dtype=torch.bool)
-            fm[mask] = torch.from_numpy(self.valid[role][rows_np])
-            x.mul_(fm.unsqueeze(-1))  # failed extractions read as zeros, whatever the store holds there
-            feats[role], feat_mask[role] = x, fm
+            feats[role] = x_f16.index_select(0, idx).view(n_dia, max_len, -1).float()
+            fm = np.zeros((n_dia, max_len), dtype=bool)
+            fm[mask_np] = self.valid[role][rows_np]
+            feat_mask[role] = torch.from_numpy(fm)
 
         speakers = torch.zeros(n_dia, max_len, dtype=torch.long)
         speakers[mask] = torch.from_numpy(self.speakers[rows_np])
@@ -282,13 +287,13 @@ class HeadsData:
         max_frames = max(int(counts.max()) if len(counts) else 0, 1)
         steps = np.arange(max_frames)
         fmask_real = steps[None, :] < counts[:, None]  # [n_real, L]
-        src = (f.offsets[rows][:, None] + steps[None, :])[fmask_real]
+        zero_row = len(f.data) - 1
+        src = np.full((n_dia, max_len, max_frames), zero_row, dtype=np.int64)
+        src[mask] = np.where(fmask_real, f.offsets[rows][:, None] + steps[None, :], zero_row)
         fmask = np.zeros((n_dia, max_len, max_frames), dtype=bool)
         fmask[mask] = fmask_real
-        fmask_t = torch.from_numpy(fmask)
-        x = torch.zeros(n_dia, max_len, max_frames, f.data.shape[1], dtype=torch.float32)
-        x[fmask_t] = f.data.index_select(0, torch.from_numpy(src)).float()
-        return x, fmask_t
+        x = f.data.index_select(0, torch.from_numpy(src.reshape(-1))).view(n_dia, max_len, max_frames, -1).float()
+        return x, torch.from_numpy(fmask)
 
 
 def _rows_of(dialogue_offsets: np.ndarray, dialogues: np.ndarray) -> np.ndarray:
@@ -339,9 +344,27 @@ def _load_frames(reader: StoreReader, dataset: str, feature_set: str, dialogue_i
         raise HeadsError(f"{dataset}/{feature_set}: frame offsets cover {len(counts)} utterances, "
                          f"the manifest has {dialogue_offsets[-1]}", file=str(reader.path),
                          fix="re-extract the feature set (merc-extract ... --overwrite --keep-frames)")
-    data = np.concatenate([x for x, _ in parts]) if parts else np.zeros((0, 1), np.float16)
+    dim = parts[0][0].shape[1] if parts else 1
+    data = np.concatenate([x for x, _ in parts] + [np.zeros((1, dim), np.float16)])  # + the zero row
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return Frames(torch.from_numpy(data), offsets)
+
+
+class _Reader(StoreReader):
+    """A StoreReader that opens each dataset group once.
+
+    The dataset group's attributes hold the whole manifest as JSON (megabytes for MELD), and StoreReader
+    reopens the group on every call (info, load_pooled, manifest_columns...): ~0.1 s each on MELD.
+    """
+
+    def __init__(self, path):
+        super().__init__(path)
+        self._groups: dict = {}
+
+    def _dataset(self, dataset: str):
+        if dataset not in self._groups:
+            self._groups[dataset] = super()._dataset(dataset)
+        return self._groups[dataset]
 
 
 def _pin(batch: Batch) -> Batch:

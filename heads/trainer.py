@@ -287,7 +287,7 @@ class Trainer:
                 n_steps = 0
                 for batch in data.batches("train", cfg.batch_size, shuffle=True, generator=shuffle_rng, pin_memory=pin):
                     batch = batch.to(device, non_blocking=pin)
-                    loss_value, terms = self._step(batch, epoch, opt, scaler, params)
+                    loss_value, terms = self.train_step(batch, epoch, opt, scaler, params)
                     n_steps += 1
                     for k, v in {"loss": loss_value, **terms}.items():
                         sums[k] = sums.get(k, 0.0) + v
@@ -326,7 +326,7 @@ class Trainer:
         return FitResult(history, best, self.monitor, self.precision, str(device), self.settings,
                          time.perf_counter() - t_start)
 
-    def _step(self, batch: Batch, epoch: int, opt: torch.optim.Optimizer, scaler, params: list) -> tuple[float, dict]:
+    def train_step(self, batch: Batch, epoch: int, opt: torch.optim.Optimizer, scaler, params: list) -> tuple[float, dict]:
         """One optimiser step: forward + loss under autocast, backward, clip, head hook, step."""
         head = self.head
         head.zero_grad(set_to_none=True)  # all parameters: a frozen one must not keep a stale grad from a past stage

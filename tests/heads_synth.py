@@ -35,6 +35,7 @@ class SynthSpec:
     kind: str = "planted"  # planted | neighbour | mood | mosei
     splits: dict[str, int] = field(default_factory=lambda: {"train": 60, "dev": 15, "test": 15})  # dialogues
     lengths: tuple[int, int] = (4, 10)  # utterances per dialogue, inclusive range
+    split_utterances: dict[str, int] | None = None  # exact utterance count per split (overrides `lengths`)
     dims: dict[str, int] = field(default_factory=lambda: {"t": 32, "a": 32})  # role -> width
     classes: tuple[str, ...] = CLASSES
     noise: float = 1.0  # std of the Gaussian noise per feature dimension
@@ -91,9 +92,14 @@ def _manifest(dataset: str, spec: SynthSpec, rng: np.random.Generator) -> tuple[
         spaces = {"emotion": LabelSpace("emotion", "categorical", spec.classes)}
     dialogues, targets = [], {}
     for split, n in spec.splits.items():
+        if spec.split_utterances:  # every dialogue has >= 1 utterance; the rest spread unevenly, summing exactly
+            extra = rng.multinomial(spec.split_utterances[split] - n, rng.dirichlet(np.full(n, 2.0)))
+            lengths = 1 + extra
+        else:
+            lengths = rng.integers(spec.lengths[0], spec.lengths[1] + 1, size=n)
         for i in range(n):
             dia_id = f"{split}_{i:04d}"
-            n_utt = int(rng.integers(spec.lengths[0], spec.lengths[1] + 1))
+            n_utt = int(lengths[i])
             speakers = [f"spk{int(s)}" for s in rng.integers(0, spec.n_speakers, size=n_utt)]
             utts = []
             if spec.kind == "mosei":

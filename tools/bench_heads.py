@@ -1,0 +1,210 @@
+"""Benchmark stage 2 on a MELD-sized synthetic store: load time, and per head epoch time and FLOP efficiency.
+
+    .venv/bin/python tools/bench_heads.py                 # all heads, fp32 and bf16, ~15 s of steps each
+    .venv/bin/python tools/bench_heads.py --heads mister-e,ada2i --budget 30 --keep /tmp/meld.zarr
+
+What it does:
+1. writes a store shaped like MELD (1,433 dialogues / 13,708 utterances, split 1039/114/280 dialogues =
+   9,989/1,109/2,610 utterances, 7 classes, two 768-d modalities; 8 frames per utterance for the frame heads)
+   through StoreWriter into a temp dir (or reuses --keep);
+2. times store -> memory (`HeadsData.load`) for the utterance-level features, and with frames;
+3. measures this machine's matmul rate: a 1024^3 matmul in fp32 and in bf16;
+4. per head (default config, i.e. the papers' sizes) and precision, runs training steps through the
+   trainer's own `train_step` (batches built by the reader, as in training) for about --budget seconds,
+   and reports the epoch time (measured steps scaled to the 9,989 training utterances), the achieved
+   GFLOP/s (FLOPs of one forward+backward counted with torch.utils.flop_counter.FlopCounterMode, plus
+   the GRU recurrences counted analytically, since the counter has no formula for them) and how far
+   that is from the measured matmul rate.
+
+Not a test: numbers depend on the machine and on whatever else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic-store builder
+
+MELD_SPLITS = {"train": 1039, "dev": 114, "test": 280}
+MELD_UTTERANCES = {"train": 9989, "dev": 1109, "test": 2610}
+MELD_CLASSES = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
+
+
+def build_meld_sized(path: Path, frames: int) -> dict[str, str]:
+    from heads_synth import SynthSpec, build_store
+
+    spec = SynthSpec(kind="planted", splits=MELD_SPLITS, split_utterances=MELD_UTTERANCES, classes=MELD_CLASSES,
+                     dims={"t": 768, "a": 768}, frames=(frames, frames) if frames else None, invalid_rate=0.01,
+                     seed=0)
+    return build_store(path, spec, dataset="meld")
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 1024, seconds: float = 2.0) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def gru_flops_hooks(head: nn.Module) -> tuple[list, list[float]]:
+    """Forward hooks adding the multiply-adds of every nn.GRU call (forward; backward counted as 2x)."""
+    total = [0.0]
+
+    def hook(mod: nn.GRU, inputs, _output):
+        x = inputs[0]
+        tokens = x.data.shape[0] if isinstance(x, nn.utils.rnn.PackedSequence) else x.shape[0] * x.shape[1]
+        h, dirs = mod.hidden_size, 2 if mod.bidirectional else 1
+        per_token = 0
+        for layer in range(mod.num_layers):
+            d_in = mod.input_size if layer == 0 else h * dirs
+            per_token += dirs * 2 * 3 * (d_in * h + h * h)  # 3 gates, input and hidden matmuls
+        total[0] += 3 * tokens * per_token  # forward + backward (about twice the forward)
+
+    handles = [m.register_forward_hook(hook) for m in head.modules() if isinstance(m, nn.GRU)]
+    return handles, total
+
+
+def count_flops(trainer, batch, opt, scaler, params) -> float:
+    """FLOPs of one train step (forward + backward) on `batch`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    handles, gru = gru_flops_hooks(trainer.head)
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(batch, 0, opt, scaler, params)
+    for h in handles:
+        h.remove()
+    return counter.get_total_flops() + gru[0]
+
+
+def bench_head(name: str, data, precision: str, budget: float, batch_size: int | None) -> dict:
+    from merc.heads.registry import build_head
+    from merc.heads.trainer import TrainConfig, Trainer, build_optimizer
+
+    torch.manual_seed(0)
+    head = build_head(name, data.dims, data.tasks)
+    n_params = sum(p.numel() for p in head.parameters())
+    bs = batch_size or int(head.optimizer_config().get("batch_size", 16))
+    trainer = Trainer(head, data, TrainConfig(batch_size=bs, precision=precision, device="cpu"))
+    head.set_stage(head.stages()[-1])  # the stage that trains the full model (SUMMER: the student)
+    opt = build_optimizer(head, trainer.settings)
+    params = [p for p in head.parameters() if p.requires_grad]
+    head.train()
+    rng = np.random.default_rng(0)
+    batches = data.batches("train", bs, shuffle=True, generator=rng)
+
+    warm = next(batches)
+    trainer.train_step(warm, 0, opt, None, params)  # warm-up (allocations, oneDNN kernels)
+    flops_batch = next(batches)
+    flops = count_flops(trainer, flops_batch, opt, None, params)
+    flop_utts = int(flops_batch.mask.sum())
+
+    n_utts, t0 = 0, time.perf_counter()
+    steps = 0
+    for batch in batches:  # the timed steps include building the batches, as in training
+        trainer.train_step(batch, 1, opt, None, params)
+        n_utts += int(batch.mask.sum())
+        steps += 1
+        if time.perf_counter() - t0 > budget:
+            break
+    seconds = time.perf_counter() - t0
+    utt_per_s = n_utts / seconds
+    gflops = flops / flop_utts * utt_per_s / 1e9
+    return {"head": name, "precision": precision, "params_M": n_params / 1e6, "batch": bs, "steps": steps,
+            "utt_per_s": utt_per_s, "epoch_s": MELD_UTTERANCES["train"] / utt_per_s,
+            "full_epoch": steps >= data.n_batches("train", bs) - 2, "gflop_per_utt": flops / flop_utts / 1e9,
+            "gflops": gflops}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--heads", default="mlp,late-fusion,dialogue-gru,mister-e,ada2i,summer,mmolre")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--budget", type=float, default=15.0, help="seconds of timed training steps per head and precision")
+    ap.add_argument("--batch-size", type=int, default=None, help="dialogues per batch [default: the head's, else 16]")
+    ap.add_argument("--frames", type=int, default=8, help="frames per utterance written for frame heads (0: none)")
+    ap.add_argument("--keep", type=Path, default=None, help="store path to write once and reuse")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads [default: torch's choice]")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from merc.extract.store import StoreReader
+    from merc.heads.data import HeadsData
+    from merc.heads.registry import head_class
+
+    tmp = None
+    store = args.keep
+    if store is None:
+        tmp = tempfile.mkdtemp(prefix="bench-heads-")
+        store = Path(tmp) / "meld.zarr"
+    try:
+        if not (store / "zarr.json").exists():
+            t0 = time.perf_counter()
+            build_meld_sized(store, args.frames)
+            print(f"wrote MELD-sized store in {time.perf_counter() - t0:.1f}s: {store}")
+        reader = StoreReader(store)
+        fsets = reader.feature_sets("meld")
+        features = ",".join(fsets)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; feature sets {features}")
+
+        loads = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            data = HeadsData.load(str(store), "meld", features)
+            loads.append(time.perf_counter() - t0)
+        mb = sum(x.numel() * 2 for x in data.feats.values()) / 1e6
+        print(f"store -> memory (pooled, {data.n_utterances} utterances, 2 x 768-d, {mb:.0f} MB fp16): "
+              f"first {loads[0]:.2f}s, best {min(loads):.2f}s (target <= 2 s)")
+        data_frames = None
+        if args.frames:
+            t0 = time.perf_counter()
+            data_frames = HeadsData.load(str(store), "meld", features, frames=True, max_frames=args.frames)
+            print(f"store -> memory with frames ({args.frames}/utterance): {time.perf_counter() - t0:.2f}s")
+        t0 = time.perf_counter()
+        n = sum(1 for _ in data.batches("train", 16, shuffle=True, generator=np.random.default_rng(0)))
+        print(f"building all {n} train batches of 16 dialogues (no model): {time.perf_counter() - t0:.2f}s")
+
+        peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+        print(f"matmul 1024^3: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+
+        rows = []
+        for name in args.heads.split(","):
+            cls = head_class(name)
+            d = data_frames if "frames" in cls.levels else data
+            if d is None:
+                print(f"{name}: skipped (needs frames; run with --frames N)")
+                continue
+            for precision in args.precisions.split(","):
+                r = bench_head(name, d, precision, args.budget, args.batch_size)
+                r["of_peak"] = peak[precision] / r["gflops"] if r["gflops"] > 0 else float("inf")
+                rows.append(r)
+                print(f"  {name:13s} {precision}: {r['epoch_s']:7.1f} s/epoch, {r['gflops']:6.1f} GFLOP/s "
+                      f"({r['of_peak']:.1f}x below the {precision} matmul rate)", flush=True)
+
+        print()
+        print("| head | precision | params (M) | batch | epoch (s) | utt/s | GFLOP/utt (fwd+bwd) | GFLOP/s | matmul rate / achieved |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            approx = "" if r["full_epoch"] else "~"
+            print(f"| {r['head']} | {r['precision']} | {r['params_M']:.2f} | {r['batch']} | {approx}{r['epoch_s']:.1f} | "
+                  f"{r['utt_per_s']:.0f} | {r['gflop_per_utt']:.3f} | {r['gflops']:.1f} | {r['of_peak']:.1f}x |")
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
