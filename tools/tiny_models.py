@@ -4,12 +4,16 @@ Tests and benchmarks need each family's real loading and forward code without ne
 weights: these builders make a model a few hundred KB large from its config (hidden 16-32, 2 layers),
 a tokenizer trained offline with `tokenizers`, the family's feature extractor / image processor,
 and `save_pretrained` them all into one folder that `from_pretrained(folder)` loads back.
+`write_video` makes the small mp4 clips the vision family needs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
+
+import numpy as np
 
 CORPUS = [
     "the weather is fine", "this is wonderful news", "stop that right now", "i miss them so much",
@@ -204,3 +208,40 @@ def build(kind: str, folder: Path) -> Path:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     return BUILDERS[kind](Path(folder))
+
+
+def write_video(path: Path, seconds: float, fps: int = 10, size: int = 32, seed: int = 0,
+                with_audio: bool = False) -> Path:
+    """An mp4 (H.264, yuv420p) whose colour drifts over time, optionally with a mono AAC tone."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 200, size=3)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        audio = out.add_stream("aac", rate=16000, layout="mono") if with_audio else None
+        for i in range(int(seconds * fps)):
+            img = np.zeros((size, size, 3), np.uint8)
+            img[...] = (base + 5 * i) % 255
+            img[: size // 2, : size // 2] = 255 - img[: size // 2, : size // 2]
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+        if audio is not None:
+            t = np.arange(int(seconds * 16000)) / 16000
+            wave = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[None, :]
+            pts = 0
+            for i in range(0, wave.shape[1], 1024):
+                chunk = np.ascontiguousarray(wave[:, i: i + 1024])
+                af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+                af.sample_rate, af.pts, af.time_base = 16000, pts, Fraction(1, 16000)
+                pts += chunk.shape[1]
+                for packet in audio.encode(af):
+                    out.mux(packet)
+            for packet in audio.encode(None):
+                out.mux(packet)
+    return path

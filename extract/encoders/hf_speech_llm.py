@@ -42,7 +42,7 @@ class SpeechLLMOptions:
     pooling: str = "last"
     layers: str = "last"
     instruction: str = DEFAULT_INSTRUCTION
-    batch_clips: int = 0  # clips of 30 s per batch; 0 = 4 on CPU, 32 on CUDA
+    batch_clips: int = 0  # clips of 30 s per batch; 0 = 1 on CPU (its 30 s attention does not gain), 32 on CUDA
     device: str = "cpu"
     dtype: str = "auto"
     audio: AudioPolicy = field(default_factory=AudioPolicy)
@@ -104,7 +104,7 @@ class HFSpeechLLMEncoder(Encoder):
         return SpeechLLMPreparer(self.opts.audio)
 
     def batch_budget(self) -> int:
-        clips = self.opts.batch_clips or (32 if self.opts.device.startswith("cuda") else 4)
+        clips = self.opts.batch_clips or (32 if self.opts.device.startswith("cuda") else 1)
         return self.guard.budget(clips * 2 * int(MAX_SECONDS * self.opts.audio.sample_rate))
 
     def encode_batch(self, items: list[Prepared]) -> list[Encoded]:
