@@ -84,13 +84,14 @@ def extract(
 def _run_extract(dataset, root, encoder_name, store, feature_set, name, modalities, protocol, workers, scheduler,
                  decode_workers, device, dtype, pooling, layers, max_seconds, channels, window, overwrite,
                  allow_missing, encoder_options: dict | None = None) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from merc.data_manifests.adapters import load_manifest
     from merc.extract.distributed import describe_encoder, make_client, run_on_dask
     from merc.extract.encoders import EncoderRequest, build_encoder, feature_set_name
     from merc.extract.media import AudioPolicy
     from merc.extract.runner import Extraction
     from merc.extract.store import StoreWriter
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = _console()
     req = EncoderRequest(encoder_name, pooling=pooling, layers=layers, device=device, dtype=dtype,
@@ -164,9 +165,10 @@ def _run_extract(dataset, root, encoder_name, store, feature_set, name, modaliti
 def status(store: Annotated[Path, typer.Option(help="Zarr store.")] = Path("cache.zarr"),
            failures: Annotated[bool, typer.Option(help="List every skipped utterance.")] = False) -> None:
     """What is in a store: datasets, feature sets, completeness, failures."""
+    from rich.table import Table
+
     from merc.data_manifests.errors import MercError
     from merc.extract.store import StoreReader
-    from rich.table import Table
 
     try:
         reader = StoreReader(store)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from merc.data_manifests.errors import MercError
 
 CHANNEL_POLICIES = ("downmix", "center", "first")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from merc.data_manifests.errors import MercError
 from merc.data_manifests.manifest import Dialogue, Manifest, Utterance
 

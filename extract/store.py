@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+
 from merc.data_manifests.errors import MercError
 from merc.data_manifests.manifest import Manifest
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+
 from merc.data_manifests.errors import MercError
 from merc.data_manifests.manifest import Dialogue, Utterance
 

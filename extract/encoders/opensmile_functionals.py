@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from merc.data_manifests.manifest import Utterance
 from merc.extract.media import AudioPolicy, load_audio
 
