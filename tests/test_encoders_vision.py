@@ -57,3 +57,14 @@ def test_clip_vision_uses_projected_image_embeddings_and_batching_is_invariant(v
     cls = build_encoder(EncoderRequest(f"hf-vision:{tiny_model('clip-vision')}", pooling="cls", layers="all"))
     assert cls.dim == 3 * 16 and cls.fingerprint() != enc.fingerprint()
     assert cls.encode_batch(items[:1])[0].pooled.shape == (48,)
+
+
+def test_workers_ship_uint8_frames_that_normalise_like_the_processor(videos):
+    from merc.extract.encoders.hf_vision import pixels
+
+    enc = build_encoder(EncoderRequest(f"hf-vision:{tiny_model('clip-vision')}"))
+    item = enc.preparer()(Utterance("a", "d", "A", "x", "train", media=str(videos["2s"])))
+    assert item.value.dtype == np.uint8 and item.value.shape == (4, 3, 32, 32)
+    frames, _ = read_frames(str(videos["2s"]), fps=2)
+    expected = enc.image_processor(images=frames, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(pixels(enc.image_processor, item.value), expected, atol=1e-6)

@@ -85,3 +85,18 @@ def test_batching_and_chunking_do_not_change_vectors(media):
         np.testing.assert_allclose(enc.encode_batch([item])[0].pooled, vec.pooled, atol=1e-5)
     assert enc.dim == 16 and together[0].pooled.shape == (16,)
     assert enc.fingerprint() != build_encoder(EncoderRequest(f"hf:{tiny_model('whisper')}")).fingerprint()
+
+
+def test_workers_ship_trimmed_log_mels_that_restore_exactly(media):
+    from merc.extract.encoders.hf_whisper import trim_mel, untrim_mel
+
+    enc = build_encoder(EncoderRequest(f"hf:{tiny_model('whisper')}"))
+    wave = enc.preparer()(_utt("a", media["2.5s"]))
+    (trimmed, fill), = wave.value[0]
+    assert trimmed.shape[1] < 300  # 2.5 s = 250 frames (+ the STFT window's overlap), not 3000
+    import soundfile as sf
+
+    samples, _ = sf.read(media["2.5s"], dtype="float32")
+    mel = enc.feature_extractor(samples, sampling_rate=16000, return_tensors="np")["input_features"][0]
+    np.testing.assert_array_equal(untrim_mel(trimmed, fill, 3000), mel)
+    np.testing.assert_array_equal(untrim_mel(*trim_mel(mel), 3000), mel)

@@ -83,7 +83,12 @@ def read_frames(path: str | None, fps: float, start: float | None = None, end: f
 
 
 class VisionPreparer(Preparer):
-    """Worker side: decode and sample frames, then the model's image processor (resize, crop, normalise)."""
+    """Worker side: decode and sample frames, then the model's image processor (resize, crop).
+
+    Frames travel to the main process as uint8 at the model's input size (a quarter of float32) and
+    are rescaled and normalised there (`pixels`), exactly as the processor would; processors whose
+    resized output is not 8-bit send normalised float32 instead.
+    """
 
     def __init__(self, image_processor, fps: float, policy: AudioPolicy):
         self.image_processor = image_processor
@@ -92,9 +97,27 @@ class VisionPreparer(Preparer):
 
     def __call__(self, utt: Utterance) -> Prepared:
         frames, notes = read_frames(utt.media, self.fps, utt.start, utt.end, self.policy.max_seconds)
-        pixels_nchw = self.image_processor(images=frames, return_tensors="np")["pixel_values"]
-        pixels_nchw = np.ascontiguousarray(pixels_nchw, dtype=np.float32)
-        return Prepared(utt.id, pixels_nchw, len(frames), notes)
+        proc = self.image_processor
+        if all(hasattr(proc, a) for a in ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")):
+            raw = proc(images=frames, return_tensors="np", do_rescale=False, do_normalize=False)["pixel_values"]
+            if raw.dtype == np.uint8 or (raw.min() >= 0 and raw.max() <= 255 and np.array_equal(raw, np.round(raw))):
+                return Prepared(utt.id, np.ascontiguousarray(raw, dtype=np.uint8), len(frames), notes)
+        pixels_nchw = proc(images=frames, return_tensors="np")["pixel_values"]
+        return Prepared(utt.id, np.ascontiguousarray(pixels_nchw, dtype=np.float32), len(frames), notes)
+
+
+def pixels(image_processor, value_nchw: np.ndarray) -> np.ndarray:
+    """Model input from a preparer's frames: uint8 frames are rescaled and normalised like the processor does."""
+    if value_nchw.dtype != np.uint8:
+        return value_nchw
+    x = value_nchw.astype(np.float32)
+    if image_processor.do_rescale:
+        x = x * np.float32(image_processor.rescale_factor)
+    if image_processor.do_normalize:
+        mean = np.asarray(image_processor.image_mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(image_processor.image_std, np.float32).reshape(1, -1, 1, 1)
+        x = (x - mean) / std
+    return x
 
 
 @dataclass
@@ -131,8 +154,9 @@ class HFVisionEncoder(Encoder):
         self.n_hidden_states = count_hidden_states(self.model.config)
         check_layer_spec(o.layers, self.n_hidden_states)
         self.guard = OomGuard(o.device)
-        probe = self.image_processor(images=[np.zeros((32, 32, 3), np.uint8)], return_tensors="np")["pixel_values"]
-        self._dim = int(self._embed(probe).shape[-1])  # one black frame: the embedding size of any model kind
+        probe = np.zeros((32, 32, 3), np.uint8)
+        pixels_nchw = self.image_processor(images=[probe], return_tensors="np")["pixel_values"]
+        self._dim = int(self._embed(pixels_nchw).shape[-1])  # one black frame: the embedding size of any model kind
 
     def _model_class(self) -> str:
         """AutoModel, except for checkpoints saved with an image projection head that AutoModel would drop
@@ -190,7 +214,7 @@ class HFVisionEncoder(Encoder):
         return self.guard.run(self._forward, items)
 
     def _forward(self, items: list[Prepared]) -> list[Encoded]:
-        emb_nd = self._embed(np.concatenate([it.value for it in items])).numpy()
+        emb_nd = self._embed(np.concatenate([pixels(self.image_processor, it.value) for it in items])).numpy()
         results, n = [], 0
         for it in items:
             frames_fd = emb_nd[n: n + it.length]

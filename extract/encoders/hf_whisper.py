@@ -54,8 +54,27 @@ class WhisperOptions:
     audio: AudioPolicy = field(default_factory=AudioPolicy)
 
 
+def trim_mel(mel_fm: np.ndarray) -> tuple[np.ndarray, float]:
+    """A padded chunk's log-mel without its constant tail: (mel[:, :keep], fill value of the tail).
+
+    Zero padding has no energy, so after Whisper's clamp to (max - 8) every padded frame holds the
+    chunk's minimum; only the frames before the last non-minimum one are kept. `untrim_mel` restores
+    the exact [80, 3000] array in the main process, so workers ship ~15x fewer bytes for short clips.
+    """
+    fill = float(mel_fm.min())
+    varying = np.nonzero((mel_fm != fill).any(axis=0))[0]
+    keep = int(varying[-1]) + 1 if len(varying) else 1
+    return np.ascontiguousarray(mel_fm[:, :keep]), fill
+
+
+def untrim_mel(trimmed_fm: np.ndarray, fill: float, n_frames: int) -> np.ndarray:
+    mel_fm = np.full((trimmed_fm.shape[0], n_frames), fill, dtype=np.float32)
+    mel_fm[:, : trimmed_fm.shape[1]] = trimmed_fm
+    return mel_fm
+
+
 class WhisperPreparer(Preparer):
-    """Worker side: decode, cut into 30 s chunks, log-mel of every chunk (padded to 30 s)."""
+    """Worker side: decode, cut into 30 s chunks, log-mel of every chunk (padded to 30 s, sent trimmed)."""
 
     def __init__(self, policy: AudioPolicy, feature_extractor):
         self.policy = policy
@@ -68,8 +87,10 @@ class WhisperPreparer(Preparer):
         mels_cfm = self.feature_extractor(chunks, sampling_rate=self.policy.sample_rate, return_tensors="np",
                                           padding="max_length")["input_features"].astype(np.float32)
         sizes = np.array([len(c) for c in chunks], dtype=np.int64)
+        trimmed = [trim_mel(m) for m in mels_cfm]
         # length counts 30 s chunks in samples: every chunk costs a full 30 s forward pass
-        return Prepared(utt.id, (mels_cfm, sizes), len(chunks) * step, audio_notes(audio, self.policy))
+        return Prepared(utt.id, (trimmed, sizes, mels_cfm.shape[-1]), len(chunks) * step,
+                        audio_notes(audio, self.policy))
 
 
 class WhisperEncoder(Encoder):
@@ -113,7 +134,8 @@ class WhisperEncoder(Encoder):
     def _forward(self, items: list[Prepared]) -> list[Encoded]:
         import torch
 
-        mels_cfm = torch.from_numpy(np.concatenate([it.value[0] for it in items]))
+        mels_cfm = torch.from_numpy(np.stack([untrim_mel(mel, fill, it.value[2])
+                                              for it in items for mel, fill in it.value[0]]))
         inputs = to_device({"input_features": mels_cfm}, self.opts.device, self.dtype)
         with torch.inference_mode():
             out = self.model(**inputs, output_hidden_states=needs_hidden_states(self.opts.layers))
