@@ -215,7 +215,7 @@ def encoders() -> None:
     from merc.extract.encoders import ENCODERS
 
     for name, (_, desc) in sorted(ENCODERS.items()):
-        print(f"{name:12s} {desc}")
+        print(f"{name:16s} {desc}")
     for prefix, what in (("hf:<id>", "any Hugging Face id or local folder; the family comes from its config "
                                       "(text, speech SSL, Whisper, vision, speech LLM, LLM)"),
                          ("llm:<id>", "decoder-only LLM: own-token pooling, --prompt-context, --adapter"),
