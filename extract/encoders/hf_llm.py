@@ -17,6 +17,7 @@ on the padding side or on what it was batched with.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
@@ -129,6 +130,9 @@ class HFLLMEncoder(Encoder):
         self.n_hidden_states = count_hidden_states(self.model.config)
         check_layer_spec(o.layers, self.n_hidden_states)
         self.guard = OomGuard(o.device)
+        # explicit position ids keep left padding exact; models with position-free attention (ALiBi: BLOOM,
+        # MPT) take none and derive positions from the mask themselves
+        self.takes_position_ids = "position_ids" in inspect.signature(self.model.forward).parameters
 
     def _load_model(self):
         """The decoder stack without the LM head (AutoModel), with a PEFT adapter merged in when asked."""
@@ -196,9 +200,10 @@ class HFLLMEncoder(Encoder):
             ids_bt[i, shift: shift + len(ids)] = torch.tensor(ids)
             mask_bt[i, shift: shift + len(ids)] = 1
             own_bt[i, [shift + j for j in own]] = True
-        position_ids = (mask_bt.cumsum(-1) - 1).clamp(min=0)
-        inputs = to_device({"input_ids": ids_bt, "attention_mask": mask_bt, "position_ids": position_ids},
-                           self.opts.device)
+        inputs = {"input_ids": ids_bt, "attention_mask": mask_bt}
+        if self.takes_position_ids:
+            inputs["position_ids"] = (mask_bt.cumsum(-1) - 1).clamp(min=0)
+        inputs = to_device(inputs, self.opts.device)
         with torch.inference_mode():
             out = self.model(**inputs, output_hidden_states=needs_hidden_states(self.opts.layers), use_cache=False)
             tokens_btd = out.last_hidden_state if self.opts.layers == "last" else select_layers(

@@ -151,7 +151,7 @@ class HFVisionEncoder(Encoder):
         self.image_processor = load_pretrained(self.model_id, "AutoImageProcessor")
         self.model = load_pretrained(self.model_id, self._model_class(), dtype=self.dtype)
         self.model.eval().to(o.device)
-        self.n_hidden_states = count_hidden_states(self.model.config)
+        self.n_hidden_states = count_hidden_states(getattr(self.model.config, "vision_config", self.model.config))
         check_layer_spec(o.layers, self.n_hidden_states)
         self.guard = OomGuard(o.device)
         probe = np.zeros((32, 32, 3), np.uint8)
