@@ -362,7 +362,8 @@ def _check_split(data: HeadsData, split: str) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 def write_predictions(path: Path, data: HeadsData, all_preds: dict[str, dict[str, TaskPredictions]]) -> int:
-    """One row per (utterance, task): gold and predicted labels by name, probabilities as a JSON object."""
+    """One row per (utterance, task): gold and predicted labels by name (multilabel: JSON lists), probabilities as a
+    JSON object {class: p} (regression: the predicted value in `pred`, no probabilities); gold "" = unlabelled."""
     n = 0
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -382,9 +383,9 @@ def _format_prediction(t: TaskSpec, gold, pred, scores) -> tuple[str, str, str]:
         g = t.classes[int(gold)] if gold >= 0 else ""
         probs = {c: round(float(s), 6) for c, s in zip(t.classes, scores, strict=True)}
         return g, t.classes[int(pred)], json.dumps(probs)
-    if t.kind == "multilabel":
-        g = "" if (gold < 0).all() else "|".join(c for c, v in zip(t.classes, gold, strict=True) if v > 0)
-        p = "|".join(c for c, v in zip(t.classes, pred, strict=True) if v)
+    if t.kind == "multilabel":  # JSON lists: [] = labelled with nothing present, "" = unlabelled
+        g = "" if (gold < 0).all() else json.dumps([c for c, v in zip(t.classes, gold, strict=True) if v > 0])
+        p = json.dumps([c for c, v in zip(t.classes, pred, strict=True) if v])
         probs = {c: round(float(s), 6) for c, s in zip(t.classes, scores, strict=True)}
         return g, p, json.dumps(probs)
     return ("" if np.isnan(gold) else repr(float(gold))), repr(float(pred)), ""
