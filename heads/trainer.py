@@ -130,6 +130,9 @@ def build_optimizer(head: Head, settings: dict) -> torch.optim.Optimizer:
                          fix="check the head's set_stage(), or its configuration")
     kwargs = {"lr": float(settings["lr"]), "weight_decay": float(settings["weight_decay"]),
               "betas": tuple(float(b) for b in settings["betas"]), "eps": float(settings["eps"])}
+    # the fused kernel updates every parameter in one pass: the per-tensor loop cost a quarter of a
+    # MiSTER-E step on the CPU (58 M parameters, memory-bound elementwise ops)
+    kwargs["fused"] = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     if settings["name"] == "adamw":
         return torch.optim.AdamW(params, **kwargs)
     if settings["name"] == "adam":
