@@ -187,9 +187,12 @@ def evaluate(
     kinds = {t: _kind_of(m) for t, m in metrics.items()}
     console.print(f"[bold]{split}[/] {_summary_line(metrics, kinds)}")
     for task, m in metrics.items():
-        if "per_class" in m:
-            per = "  ".join(f"{c} {v.get('f1', v.get('weighted_f1', float('nan'))):.3f}" for c, v in m["per_class"].items())
-            console.print(f"  {task} per class F1: {per}")
+        if kinds[task] == "categorical":
+            per = "  ".join(f"{c} {v['f1']:.3f}" for c, v in m["per_class"].items())
+            console.print(f"  {task} F1 per class: {per}")
+        elif kinds[task] == "multilabel":
+            per = "  ".join(f"{c} {v['weighted_f1']:.3f}" for c, v in m["per_class"].items())
+            console.print(f"  {task} weighted F1 per emotion (present/absent): {per}")
     if recorded is None:
         console.print("no recorded metrics for this split in metrics.json")
     elif _same(metrics, recorded):

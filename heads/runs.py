@@ -388,7 +388,7 @@ def _format_prediction(t: TaskSpec, gold, pred, scores) -> tuple[str, str, str]:
         p = json.dumps([c for c, v in zip(t.classes, pred, strict=True) if v])
         probs = {c: round(float(s), 6) for c, s in zip(t.classes, scores, strict=True)}
         return g, p, json.dumps(probs)
-    return ("" if np.isnan(gold) else repr(float(gold))), repr(float(pred)), ""
+    return ("" if np.isnan(gold) else f"{float(gold):.6g}"), f"{float(pred):.6g}", ""
 
 
 def plot_learning_curve(history: list[dict], monitor: str, path: Path) -> None:

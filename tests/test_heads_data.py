@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from heads_synth import EMOTIONS, shared_store
+
 from merc.data_manifests.manifest import Dialogue, LabelSpace, Manifest, Utterance
 from merc.extract.store import StoreError, StoreReader, StoreWriter
 from merc.heads.data import HeadsData, HeadsError, parse_features

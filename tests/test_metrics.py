@@ -5,14 +5,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
 from merc.heads.metrics import (
     categorical_metrics,
     is_better,
     multilabel_metrics,
     regression_metrics,
 )
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
-from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 torch.set_num_threads(1)
 CLASSES = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
