@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from merc.data_manifests import Manifest, ManifestError, load_manifest
 from merc.data_manifests.adapters.generic import load_generic
 

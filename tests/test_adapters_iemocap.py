@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from merc.data_manifests import ManifestError, load_manifest
 from merc.data_manifests.adapters.iemocap import load_iemocap
 from merc.data_manifests.labels import IEMOCAP_4, IEMOCAP_6

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+
 from merc.data_manifests import ManifestError, load_manifest
 from merc.data_manifests.adapters.meld import load_meld
 from merc.data_manifests.text import repair_cp1252

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from media_fixtures import write_manifest_corpus, write_mp4_51, write_wav
+
 from merc.extract.store import StoreReader
 
 BIN = Path(sys.executable).parent / "merc-extract"

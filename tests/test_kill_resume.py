@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from media_fixtures import write_manifest_corpus
+
 from merc.extract.store import StoreReader
 
 BIN = Path(sys.executable).parent / "merc-extract"

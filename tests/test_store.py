@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from merc.data_manifests.labels import MELD_EMOTION
 from merc.data_manifests.manifest import Dialogue, Manifest, Utterance
 from merc.extract.store import StoreError, StoreReader, StoreWriter, dialogue_key

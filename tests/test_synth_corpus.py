@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
+
 from merc.tools.synth_corpus import (
     IEMOCAP_STYLES,
     MELD_CAST,
