@@ -49,7 +49,7 @@ def extract(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
     dtype: Annotated[str, typer.Option(help="Model weights: auto (fp16 on CUDA), fp32, fp16, bf16.")] = "auto",
     pooling: Annotated[str | None, typer.Option(help="Pooling: text mean|cls; speech/whisper mean; llm mean|last (own tokens); sllm last|mean; vision auto|cls|mean.")] = None,
-    layers: Annotated[str | None, typer.Option(help="Layer: last, an index (0 = embeddings, negative from the end), last4-mean, or all (layers concatenated).")] = None,
+    layers: Annotated[str | None, typer.Option("--layers", "--layer", help="Layer: last, an index (0 = embeddings, negative from the end), last4-mean, or all (layers concatenated).")] = None,
     max_seconds: Annotated[float, typer.Option(help="Audio longer than this is cut (and reported).")] = 30.0,
     channels: Annotated[str, typer.Option(help="Multichannel audio: downmix, center or first.")] = "downmix",
     window: Annotated[int, typer.Option(help="Utterances prepared and batched together (more = fuller batches, more memory).")] = 512,
@@ -60,6 +60,7 @@ def extract(
     adapter: Annotated[str | None, typer.Option(help="llm: PEFT/LoRA adapter folder, merged into the weights (needs peft).")] = None,
     instruction: Annotated[str | None, typer.Option(help="sllm: instruction after the audio [default: 'What is the emotion of the speaker?'].")] = None,
     fps: Annotated[float | None, typer.Option(help="hf-vision: video frames sampled per second [default: 2].")] = None,
+    store_dtype: Annotated[str, typer.Option(help="Storage dtype: auto (float16; float32 for openSMILE), float16, float32.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace a feature set (or dataset) built with other settings.")] = False,
     allow_missing: Annotated[bool, typer.Option(help="Exit 0 even if some utterances could not be extracted.")] = False,
 ) -> None:
@@ -71,7 +72,8 @@ def extract(
     from merc.data_manifests.errors import MercError
 
     encoder_options = {"keep_frames": keep_frames, "batch_budget": batch_budget, "prompt_context": prompt_context,
-                       "prompt_template": prompt_template, "adapter": adapter, "instruction": instruction, "fps": fps}
+                       "prompt_template": prompt_template, "adapter": adapter, "instruction": instruction, "fps": fps,
+                       "store_dtype": store_dtype}
     try:
         code = _run_extract(dataset, root, encoder, store, feature_set, name, modalities, protocol, workers,
                             scheduler, decode_workers, device, dtype, pooling, layers, max_seconds, channels, window,

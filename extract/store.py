@@ -7,7 +7,7 @@ Layout (documented for users in README.md, "The store"):
         manifest/                      one 1-D column per field, rows in manifest order (readable without merc)
         <feature_set>/                 attrs: encoder, fingerprint, fingerprint_hash, dim, modality, levels, report
           <dialogue_key>/              attrs: dialogue_id, n_utt, failures, complete (written LAST = commit marker)
-            pooled   [n_utt, D] float16
+            pooled   [n_utt, D] float16 (float32 for feature sets whose attrs say dtype float32, e.g. openSMILE)
             valid    [n_utt]    bool     False where the utterance failed (unreadable media, empty text...)
             frames   [n_frames, D] float16   only with --keep-frames
             offsets  [n_utt + 1]  int64      row offsets of each utterance in frames
@@ -39,6 +39,8 @@ from merc.data_manifests.errors import MercError
 from merc.data_manifests.manifest import Manifest
 
 STORE_FORMAT = 1
+STORE_DTYPES = ("float16", "float32")
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -69,7 +71,7 @@ class PooledFeatures:
 
     dialogue_ids: list[str]
     dialogue_offsets: np.ndarray  # [n_dialogues + 1] int64
-    pooled: np.ndarray  # [N, D] float16
+    pooled: np.ndarray  # [N, D] the feature set's storage dtype (float16, or float32 for openSMILE)
     valid: np.ndarray  # [N] bool
 
     def dialogue(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +136,11 @@ class StoreWriter:
             root.attrs["merc_store_format"] = STORE_FORMAT
         self._open_dataset(root, manifest, overwrite)
         ds = root[self.dataset]
+        info = {**info, "dtype": info.get("dtype", "float16")}
+        if info["dtype"] not in STORE_DTYPES:
+            raise StoreError(f"unknown storage dtype {info['dtype']!r}", file=str(self.path),
+                             fix=f"use one of {', '.join(STORE_DTYPES)}")
+        fingerprint = {**fingerprint, "store_dtype": info["dtype"]}  # the stored numbers depend on it
         fp_hash = fingerprint_hash(fingerprint)
         if self.feature_set in ds:
             old = ds[self.feature_set].attrs.get("fingerprint_hash")
@@ -183,6 +190,14 @@ class StoreWriter:
     def _fs(self) -> zarr.Group:
         return zarr.open_group(str(self.path / self.dataset / self.feature_set), mode="r+")
 
+    def _dtype(self, fs: zarr.Group) -> np.dtype:
+        """Storage dtype of the feature set, recorded at open(): float16 unless the encoder asked for float32."""
+        dtype = fs.attrs.get("dtype", "float16")
+        if dtype not in STORE_DTYPES:
+            raise StoreError(f"{self.dataset}/{self.feature_set}: unknown storage dtype {dtype!r}", file=str(self.path),
+                             fix="re-extract the feature set with --overwrite")
+        return np.dtype(dtype)
+
     def done_dialogues(self) -> set[str]:
         """Dialogue ids whose commit marker is written."""
         return {dia_id for dia_id, _ in _complete_groups(self._fs())}
@@ -197,11 +212,15 @@ class StoreWriter:
             if fs[key].attrs.get("complete"):
                 return
             shutil.rmtree(self.path / self.dataset / self.feature_set / key, ignore_errors=True)
+        dtype = self._dtype(fs)
+        pooled = _cast(pooled, dtype, f"{self.dataset}/{self.feature_set} dialogue {dialogue_id!r}", self.path)
+        if frames is not None:
+            frames = _cast(frames, dtype, f"{self.dataset}/{self.feature_set} dialogue {dialogue_id!r} frames", self.path)
         g = fs.create_group(key)
-        _put(g, "pooled", np.asarray(pooled, dtype=np.float16))
+        _put(g, "pooled", pooled)
         _put(g, "valid", np.asarray(valid, dtype=bool))
         if frames is not None:
-            _put(g, "frames", np.asarray(frames, dtype=np.float16))
+            _put(g, "frames", frames)
             _put(g, "offsets", np.asarray(offsets, dtype=np.int64))
         g.attrs.update({"dialogue_id": dialogue_id, "n_utt": int(len(valid)), "failures": list(failures),
                         "complete": True})
@@ -225,7 +244,7 @@ class StoreWriter:
         parts = [(fs[complete[i]]["pooled"][...], fs[complete[i]]["valid"][...]) for i in ids]
         offsets = np.cumsum([0] + [len(v) for _, v in parts]).astype(np.int64)
         dim = int(fs.attrs["dim"])
-        pooled = np.concatenate([p for p, _ in parts]) if parts else np.zeros((0, dim), np.float16)
+        pooled = np.concatenate([p for p, _ in parts]) if parts else np.zeros((0, dim), self._dtype(fs))
         valid = np.concatenate([v for _, v in parts]) if parts else np.zeros((0,), bool)
         if "packed" in fs:
             shutil.rmtree(self.path / self.dataset / self.feature_set / "packed", ignore_errors=True)
@@ -234,6 +253,18 @@ class StoreWriter:
         _put(g, "valid", valid)
         _put(g, "dialogue_offsets", offsets)
         g.attrs.update({"dialogue_ids_digest": _ids_digest(ids), "complete": True})
+
+
+def _cast(values: np.ndarray, dtype: np.dtype, what: str, path: Path) -> np.ndarray:
+    """Cast to the storage dtype, refusing to turn finite values into inf (float16 stops at 65504)."""
+    values = np.asarray(values)
+    if dtype == np.float16 and values.size:
+        finite = np.isfinite(values)
+        if finite.any() and float(np.abs(values[finite]).max()) > FLOAT16_MAX:
+            raise StoreError(f"{what}: values up to {float(np.abs(values[finite]).max()):.3g} do not fit float16 "
+                             f"(max {FLOAT16_MAX:g})", file=str(path),
+                             fix="store this feature set as float32: rerun with --store-dtype float32 --overwrite")
+    return values.astype(dtype, copy=False)
 
 
 def _put(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple | None = None) -> None:
@@ -327,6 +358,7 @@ class StoreReader:
                              f"dialogues not extracted (first: {missing[0]})", file=str(self.path),
                              fix="rerun the same merc-extract command; it resumes where it stopped")
         dim = int(fs.attrs["dim"])
+        dtype = np.dtype(fs.attrs.get("dtype", "float16"))
         n_utt = self._dataset(dataset).attrs["manifest"]
         lengths = {d["id"]: len(d["utterances"]) for d in n_utt["dialogues"]}
         pooled, valid = [], []
@@ -336,7 +368,7 @@ class StoreReader:
                 pooled.append(g["pooled"][...])
                 valid.append(g["valid"][...])
             else:
-                pooled.append(np.zeros((lengths[i], dim), np.float16))
+                pooled.append(np.zeros((lengths[i], dim), dtype))
                 valid.append(np.zeros(lengths[i], bool))
         offsets = np.cumsum([0] + [len(v) for v in valid]).astype(np.int64)
         return PooledFeatures(manifest_ids, offsets, np.concatenate(pooled), np.concatenate(valid))

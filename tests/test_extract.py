@@ -46,6 +46,26 @@ def test_extract_text_and_audio_then_nothing_to_do(corpus, tmp_path):
     assert "verify" in run("verify", "--store", store, check_code=0).stdout
 
 
+def test_compare_functionals_are_stored_exactly_in_float32(corpus, tmp_path):
+    """ComParE values reach ~1e11: stored as float16 they would be inf. They must round-trip exactly."""
+    import opensmile
+
+    from merc.extract.media import AudioPolicy, load_audio
+
+    store = tmp_path / "c.zarr"
+    run("--dataset", "manifest", "--root", corpus, "--encoder", "compare", "--store", store, check_code=0)
+    r = StoreReader(store)
+    feats = r.load_pooled("manifest", "compare")
+    assert feats.pooled.dtype == np.float32 and feats.pooled.shape == (16, 6373)
+    assert np.isfinite(feats.pooled).all() and np.abs(feats.pooled).max() > 65504
+    first = r.manifest("manifest").dialogues[0].utterances[0]
+    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.ComParE_2016,
+                            feature_level=opensmile.FeatureLevel.Functionals)
+    direct = smile.process_signal(load_audio(first.media, AudioPolicy()).samples, 16000).to_numpy()[0]
+    np.testing.assert_array_equal(feats.pooled[0], direct.astype(np.float32))
+    assert "OK" in run("verify", "--store", store, check_code=0).stdout
+
+
 def test_changed_encoder_settings_need_overwrite(corpus, tmp_path):
     store = tmp_path / "c.zarr"
     run("--dataset", "manifest", "--root", corpus, "--encoder", "minilm", "--store", store, check_code=0)

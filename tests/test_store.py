@@ -135,3 +135,27 @@ assert not any(k.startswith("merc") for k in sys.modules)
     assert abs(float(total) - float(pooled.astype(np.float32).sum())) < 1e-2
     assert out[1] == str([u.id for u in m.dialogues[0].utterances[:2]])
     assert int(out[2]) == m.n_utterances
+
+
+def test_float16_overflow_is_refused_and_float32_sets_keep_wide_values(tmp_path):
+    m = _manifest(n_dialogues=2)
+    big = np.full((len(m.dialogues[0]), 8), 1.0, np.float32)
+    big[0, 3] = 1.3e11  # an openSMILE ComParE spectral variance
+    w = StoreWriter(tmp_path / "s.zarr", m.name, "half")
+    w.open(m, fingerprint={"encoder": "x"}, info={"dim": 8, "modality": "audio", "encoder": "x"})
+    with pytest.raises(StoreError, match="do not fit float16.*--store-dtype float32"):
+        w.write_dialogue(m.dialogues[0].id, big, np.ones(len(big), bool))
+    assert m.dialogues[0].id not in w.done_dialogues()  # nothing half-written is left committed
+
+    w32 = StoreWriter(tmp_path / "s.zarr", m.name, "full")
+    w32.open(m, fingerprint={"encoder": "x"}, info={"dim": 8, "modality": "audio", "encoder": "x", "dtype": "float32"})
+    for d in m.dialogues:
+        w32.write_dialogue(d.id, big[: len(d)] if d is m.dialogues[0] else np.ones((len(d), 8)), np.ones(len(d), bool))
+    w32.finalize(m)
+    r = StoreReader(tmp_path / "s.zarr")
+    p = r.load_pooled(m.name, "full")
+    assert p.pooled.dtype == np.float32 and p.pooled[0, 3] == np.float32(1.3e11)
+    assert r.verify() == [] or all("half" in prob for prob in r.verify())
+    # the storage dtype is part of the fingerprint: the same encoder stored at another precision is another set
+    assert r.info(m.name, "full")["fingerprint"]["store_dtype"] == "float32"
+    assert r.info(m.name, "half")["fingerprint_hash"] != r.info(m.name, "full")["fingerprint_hash"]

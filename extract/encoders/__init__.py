@@ -37,6 +37,7 @@ class EncoderRequest:
     adapter: str | None = None  # llm: PEFT/LoRA adapter folder
     instruction: str | None = None  # sllm: the instruction after the audio
     fps: float | None = None  # vision: frames sampled per second of video
+    store_dtype: str = "auto"  # float16 | float32 | auto (the encoder's choice: float32 for openSMILE)
 
 
 Builder = Callable[[EncoderRequest], Encoder]
@@ -180,6 +181,10 @@ def build_encoder(req: EncoderRequest) -> Encoder:
         family = PREFIXES[prefix] or family_of(model_id)
         enc = build_family(family, req, model_id)
     enc.keep_frames = enc.keep_frames or req.keep_frames
+    if req.store_dtype != "auto":
+        if req.store_dtype not in ("float16", "float32"):
+            raise EncoderError(f"unknown --store-dtype {req.store_dtype!r}", fix="use auto, float16 or float32")
+        enc.store_dtype = req.store_dtype
     return enc
 
 

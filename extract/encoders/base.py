@@ -64,6 +64,9 @@ class Encoder:
     modality: ClassVar[str] = "text"  # text | audio | video
     final_in_preparer: ClassVar[bool] = False  # True: the preparer already returns the feature vector
     keep_frames: bool = False  # also return frame/token sequences (Encoded.frames); set by the runner
+    # Storage dtype in the Zarr store. float16 halves the store and is exact enough for neural embeddings;
+    # encoders whose values reach past 65504 (openSMILE ComParE: ~1e11) store float32.
+    store_dtype: str = "float16"
 
     def __init__(self, name: str):
         self.name = name
@@ -92,7 +95,8 @@ class Encoder:
 
     def info(self) -> dict:
         levels = ["utterance", "frame"] if self.keep_frames else ["utterance"]
-        return {"encoder": self.name, "modality": self.modality, "dim": self.dim, "levels": levels}
+        return {"encoder": self.name, "modality": self.modality, "dim": self.dim, "levels": levels,
+                "dtype": self.store_dtype}
 
 
 class EncoderError(MercError):

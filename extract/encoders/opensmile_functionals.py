@@ -1,7 +1,8 @@
 """openSMILE functionals (eGeMAPS v02: 88-d, ComParE 2016: 6373-d) - the embedded audio defaults.
 
 Cheap per clip (~30-60 ms) and single-threaded, so the whole computation happens in the worker
-processes: decode + resample + functionals, and the main process only stores the vectors.
+processes: decode + resample + functionals, and the main process only stores the vectors. They are
+stored as float32: their raw values are far outside float16's range and resolution.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class SmilePreparer(Preparer):
 class OpenSmileEncoder(Encoder):
     modality = "audio"
     final_in_preparer = True
+    store_dtype = "float32"  # functionals span 1e-4 .. 1e11 (ComParE spectral variances): float16 would give inf
 
     def __init__(self, name: str, policy: AudioPolicy | None = None):
         super().__init__(name)
