@@ -140,7 +140,8 @@ class StoreWriter:
         if info["dtype"] not in STORE_DTYPES:
             raise StoreError(f"unknown storage dtype {info['dtype']!r}", file=str(self.path),
                              fix=f"use one of {', '.join(STORE_DTYPES)}")
-        fingerprint = {**fingerprint, "store_dtype": info["dtype"]}  # the stored numbers depend on it
+        if info["dtype"] != "float16":  # the stored numbers depend on it (float16 stores predate the option)
+            fingerprint = {**fingerprint, "store_dtype": info["dtype"]}
         fp_hash = fingerprint_hash(fingerprint)
         if self.feature_set in ds:
             old = ds[self.feature_set].attrs.get("fingerprint_hash")

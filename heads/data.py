@@ -22,6 +22,7 @@ from merc.extract.store import StoreReader, dialogue_key
 from .models.base import ROLES, Batch, TaskSpec
 
 ROLE_OF_MODALITY = {"text": "t", "audio": "a", "video": "v"}
+NORMALIZE = ("zscore", "none")
 ROLE_ALIASES = {"t": "t", "a": "a", "v": "v", "text": "t", "audio": "a", "video": "v"}
 
 
@@ -116,7 +117,7 @@ class Frames:
     the row that padded frame positions gather.
     """
 
-    data: torch.Tensor  # [n_frames_total + 1, D] float16
+    data: torch.Tensor  # [n_frames_total + 1, D] float16 (float32 if values would not fit)
     offsets: np.ndarray  # [N + 1] int64
 
 
@@ -129,7 +130,7 @@ class HeadsData:
     roles: dict[str, str]  # role -> feature set
     fingerprints: dict[str, str]  # role -> fingerprint hash of its feature set
     tasks: list[TaskSpec]
-    feats: dict[str, torch.Tensor]  # role -> [N + 1, D] float16; failed rows and the extra last row are zeros
+    feats: dict[str, torch.Tensor]  # role -> [N + 1, D] float16 (float32 if too wide); failed rows, extra last row: 0
     valid: dict[str, np.ndarray]  # role -> [N] bool
     labels: dict[str, np.ndarray]  # categorical [N] int64 (-1), regression [N] float32 (NaN), multilabel [N, C] float32 (-1)
     speakers: np.ndarray  # [N] int64, index by first appearance within the dialogue
@@ -139,17 +140,27 @@ class HeadsData:
     dialogue_splits: np.ndarray  # [n_dialogues] object (str)
     frames: dict[str, Frames] = field(default_factory=dict)
     max_frames: int | None = None
+    normalize: str = "none"  # "zscore": every feature dimension standardised with `stats`
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # role -> (mean [D], std [D])
 
     # -- loading ------------------------------------------------------------------------------------
     @classmethod
     def load(cls, store: str, dataset: str, features: str | list[str] | dict[str, str], *,
              tasks: str | list[str] | None = None, frames: bool = False, max_frames: int | None = 64,
-             fingerprints: dict[str, str] | None = None) -> HeadsData:
+             fingerprints: dict[str, str] | None = None, normalize: str = "zscore",
+             stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> HeadsData:
         """Read the chosen feature sets (and, with frames=True, their frame sequences) into memory.
 
         `fingerprints` (role -> hash, from a run's config.json) makes the read fail loudly when the store now
         holds features made with other encoder settings than the ones a checkpoint was trained on.
+
+        `normalize="zscore"` standardises every feature dimension with the mean and std of the train split's
+        valid rows (or with `stats`, a saved run's), so that openSMILE functionals (raw values up to ~1e3-1e11)
+        and unit-norm sentence embeddings (~0.05) reach a head on one scale. Frames use their role's
+        pooled statistics. `normalize="none"` passes the stored values through, as the papers' code does.
         """
+        if normalize not in NORMALIZE:
+            raise HeadsError(f"unknown normalize option {normalize!r}", fix=f"use one of: {', '.join(NORMALIZE)}")
         reader = _Reader(store)
         roles = resolve_roles(reader, dataset, features)
         ds_attrs = reader.root[dataset].attrs["manifest"]
@@ -157,15 +168,27 @@ class HeadsData:
         task_specs = resolve_tasks(spaces, tasks)
         cols = reader.manifest_columns(dataset)
 
-        feats, valid, fps = {}, {}, {}
+        cols_split = np.asarray(cols["split"]).astype(object)
+        feats, valid, fps, role_stats = {}, {}, {}, {}
         dialogue_offsets = None
         for role, name in roles.items():
             expected = (fingerprints or {}).get(role)
             pooled = reader.load_pooled(dataset, name, fingerprint_hash=expected)
             valid[role] = np.asarray(pooled.valid, dtype=bool)
-            x = np.zeros((len(valid[role]) + 1, pooled.pooled.shape[1]), dtype=np.float16)
+            x = np.zeros((len(valid[role]) + 1, pooled.pooled.shape[1]), dtype=np.float32)
             x[:-1][valid[role]] = pooled.pooled[valid[role]]  # a failed extraction reads as zeros, whatever is stored
-            feats[role] = torch.from_numpy(x)
+            if normalize == "zscore":
+                if stats is not None and role in stats:
+                    mean, std = (np.asarray(a, dtype=np.float32) for a in stats[role])
+                else:
+                    mean, std = _train_stats(x[:-1], valid[role] & (cols_split == "train"), f"{dataset}/{name}")
+                if mean.shape != (x.shape[1],):
+                    raise HeadsError(f"saved feature statistics for role {role!r} have {mean.shape[0]} dims, "
+                                     f"{dataset}/{name} has {x.shape[1]}", file=str(store),
+                                     fix="evaluate with the store and feature sets the run was trained on")
+                role_stats[role] = (mean, std)
+                x[:-1][valid[role]] = (x[:-1][valid[role]] - mean) / std
+            feats[role] = torch.from_numpy(_compact(x))
             fps[role] = reader.info(dataset, name).get("fingerprint_hash", "")
             dialogue_offsets = pooled.dialogue_offsets
             dialogue_ids = pooled.dialogue_ids
@@ -187,10 +210,11 @@ class HeadsData:
                    speakers=_speaker_index(np.asarray(cols["speaker"]).astype(object), offsets),
                    utterance_ids=np.asarray(cols["utterance_id"]).astype(object), dialogue_ids=list(dialogue_ids),
                    dialogue_offsets=offsets, dialogue_splits=splits[offsets[:-1]],
-                   max_frames=max_frames)
+                   max_frames=max_frames, normalize=normalize, stats=role_stats)
         if frames:
             for role, name in roles.items():
-                data.frames[role] = _load_frames(reader, dataset, name, data.dialogue_ids, offsets, max_frames)
+                data.frames[role] = _load_frames(reader, dataset, name, data.dialogue_ids, offsets, max_frames,
+                                                 role_stats.get(role))
         return data
 
     # -- structure -----------------------------------------------------------------------------------
@@ -223,7 +247,8 @@ class HeadsData:
                             "fingerprints": {r: self.fingerprints[r] for r in keep},
                             "feats": {r: self.feats[r] for r in keep},
                             "valid": {r: self.valid[r] for r in keep},
-                            "frames": {r: f for r, f in self.frames.items() if r in keep}})
+                            "frames": {r: f for r, f in self.frames.items() if r in keep},
+                            "stats": {r: st for r, st in self.stats.items() if r in keep}})
 
     # -- batching ------------------------------------------------------------------------------------
     def batches(self, split: str, batch_size: int, *, shuffle: bool = False,
@@ -296,6 +321,23 @@ class HeadsData:
         return x, torch.from_numpy(fmask)
 
 
+def _train_stats(x: np.ndarray, rows: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std (float64 sums, float32 result) over the train split's valid rows."""
+    if not rows.any():
+        raise HeadsError(f"{what}: no valid train-split utterances to compute feature statistics from",
+                         fix="train on a dataset with a train split, or pass --set normalize=none")
+    sel = x[rows].astype(np.float64)
+    mean, std = sel.mean(0), sel.std(0)
+    std = np.where(std > 1e-6 * np.maximum(1.0, np.abs(mean)), std, 1.0)  # constant dims: centre only
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _compact(x: np.ndarray) -> np.ndarray:
+    """float16 in memory (half the RAM and gather traffic) unless values would not fit."""
+    finite = x[np.isfinite(x)]
+    return x.astype(np.float16) if finite.size == 0 or np.abs(finite).max() < 6e4 else x
+
+
 def _rows_of(dialogue_offsets: np.ndarray, dialogues: np.ndarray) -> np.ndarray:
     if len(dialogues) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -313,8 +355,10 @@ def _speaker_index(speakers: np.ndarray, dialogue_offsets: np.ndarray) -> np.nda
 
 
 def _load_frames(reader: StoreReader, dataset: str, feature_set: str, dialogue_ids: list[str],
-                 dialogue_offsets: np.ndarray, max_frames: int | None) -> Frames:
-    """All dialogues' frames of one feature set, each utterance cut to its first `max_frames` frames."""
+                 dialogue_offsets: np.ndarray, max_frames: int | None,
+                 stats: tuple[np.ndarray, np.ndarray] | None = None) -> Frames:
+    """All dialogues' frames of one feature set, each utterance cut to its first `max_frames` frames
+    (standardised with the role's pooled `stats` when given)."""
     levels = reader.info(dataset, feature_set).get("levels", [])
     if "frames" not in levels:
         raise HeadsError(f"{dataset}/{feature_set} holds no frame/token sequences (levels: {levels})",
@@ -335,7 +379,10 @@ def _load_frames(reader: StoreReader, dataset: str, feature_set: str, dialogue_i
             counts = np.minimum(counts, max_frames)
         keep = np.concatenate([np.arange(s, s + c) for s, c in zip(offs[:-1], counts, strict=True)]) \
             if len(counts) else np.zeros(0, np.int64)
-        return np.asarray(x[keep], dtype=np.float16), counts
+        x = np.asarray(x[keep], dtype=np.float32)
+        if stats is not None:
+            x = (x - stats[0]) / stats[1]
+        return x, counts
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         parts = list(pool.map(one, dialogue_ids))
@@ -345,7 +392,7 @@ def _load_frames(reader: StoreReader, dataset: str, feature_set: str, dialogue_i
                          f"the manifest has {dialogue_offsets[-1]}", file=str(reader.path),
                          fix="re-extract the feature set (merc-extract ... --overwrite --keep-frames)")
     dim = parts[0][0].shape[1] if parts else 1
-    data = np.concatenate([x for x, _ in parts] + [np.zeros((1, dim), np.float16)])  # + the zero row
+    data = _compact(np.concatenate([x for x, _ in parts] + [np.zeros((1, dim), np.float32)]))  # + the zero row
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return Frames(torch.from_numpy(data), offsets)
 

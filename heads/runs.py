@@ -5,6 +5,7 @@
                           fingerprints, tasks, seed, precision, optimiser, versions
       head_config.json    what rebuilds the head without the store: name, config, input dims, tasks
       model.safetensors   the best-dev weights
+      feature_stats.safetensors  per role, the train-split mean and std that standardised the features
       metrics.json        per split and task: overall metrics, per class, confusion matrix
       predictions.csv     utterance_id, split, task, gold, pred, probabilities (every utterance)
       log.jsonl           one line per epoch
@@ -48,7 +49,7 @@ from .trainer import (
 RUN_FORMAT = 1
 SPLITS = ("train", "dev", "test")
 # --set keys for the trainer itself (besides the optimiser keys and the head's config fields).
-TRAINER_KEYS = ("patience", "eval_batch_size", "monitor", "max_frames")
+TRAINER_KEYS = ("patience", "eval_batch_size", "monitor", "max_frames", "normalize")
 # optional entries of head.optimizer_config() that set the trainer's defaults (a paper's batch size, epochs)
 SCHEDULE_KEYS = ("epochs", "batch_size", "patience")
 
@@ -184,11 +185,12 @@ def train_run(req: RunRequest, callbacks: list[Callback] | None = None) -> RunRe
     head_over, optim_over, trainer_over = split_overrides(req.head, req.overrides)
     cfg = _make_config(req.head, head_over)
     max_frames = int(trainer_over.get("max_frames", 64) or 0) or None
+    normalize = str(trainer_over.get("normalize", "zscore") or "none")  # --set normalize=none parses to None
     check_roles(cls, resolve_roles(StoreReader(req.store), req.dataset, req.features))  # before any heavy read
     # a multi-task head (MMoLRE: sentiment + emotions) may ask for every label space by default
     tasks = req.tasks if req.tasks is not None else getattr(cls, "default_tasks", None)
     data = HeadsData.load(req.store, req.dataset, req.features, tasks=tasks,
-                          frames="frames" in cls.levels, max_frames=max_frames)
+                          frames="frames" in cls.levels, max_frames=max_frames, normalize=normalize)
     try:
         head = cls(cfg, data.dims, data.tasks)
     except ValueError as e:  # heads refuse tasks or option combinations they cannot serve, saying why
@@ -221,6 +223,7 @@ def train_run(req: RunRequest, callbacks: list[Callback] | None = None) -> RunRe
         "feature_dims": data.dims,
         "levels": list(cls.levels),
         "max_frames": max_frames,
+        "normalize": normalize,
         "tasks": [_task_dict(t) for t in data.tasks],
         "monitor": trainer.monitor,
         "train": {**dataclasses.asdict(tcfg), "precision_requested": req.precision, "precision": trainer.precision,
@@ -232,6 +235,7 @@ def train_run(req: RunRequest, callbacks: list[Callback] | None = None) -> RunRe
     _write_json(run_dir / "head_config.json", {"head": req.head, "config": dataclasses.asdict(cfg),
                                                "dims": data.dims, "tasks": [_task_dict(t) for t in data.tasks]})
 
+    save_feature_stats(data.stats, run_dir / "feature_stats.safetensors")
     fit = trainer.fit()
     save_weights(head, run_dir / "model.safetensors")
     all_preds = {s: trainer.evaluate(s) for s in SPLITS if len(data.split_dialogues(s))}
@@ -287,6 +291,24 @@ def save_weights(head: Head, path: Path) -> None:
     save_model(head, str(path))  # handles tied weights; tensors only, no pickle
 
 
+def save_feature_stats(stats: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({f"{role}.{k}": np.ascontiguousarray(a) for role, (mean, std) in stats.items()
+               for k, a in (("mean", mean), ("std", std))}, str(path))
+
+
+def load_feature_stats(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from safetensors.numpy import load_file
+
+    if not path.exists():
+        raise HeadsError(f"{path.name} is missing", file=str(path.parent),
+                         fix="the run was trained with feature standardisation; retrain it, or copy the whole run "
+                             "directory")
+    flat = load_file(str(path))
+    return {role: (flat[f"{role}.mean"], flat[f"{role}.std"]) for role in {k.split(".")[0] for k in flat}}
+
+
 def load_head(run_dir: str | Path, device: torch.device | str = "cpu") -> Head:
     """Rebuild a run's head from head_config.json and load its safetensors weights (no pickle involved)."""
     from safetensors.torch import load_model
@@ -316,9 +338,12 @@ def load_run(run_dir: str | Path, store: str | None = None, device: str = "auto"
     run_dir = Path(run_dir)
     config = _read_json(run_dir / "config.json")
     dev = resolve_device(device)
+    normalize = config.get("normalize", "none")
+    stats = load_feature_stats(run_dir / "feature_stats.safetensors") if normalize == "zscore" else None
     data = HeadsData.load(store or config["store"], config["dataset"], config["features"],
                           tasks=[t["name"] for t in config["tasks"]], frames="frames" in config["levels"],
-                          max_frames=config.get("max_frames"), fingerprints=config["fingerprints"])
+                          max_frames=config.get("max_frames"), fingerprints=config["fingerprints"],
+                          normalize=normalize, stats=stats)
     head = load_head(run_dir, dev)
     precision = config["train"]["precision"]
     if precision == "fp16" and dev.type != "cuda":

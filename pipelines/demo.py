@@ -26,7 +26,11 @@ def sh(*args: str | Path) -> None:
     cmd = [str(a) for a in args]
     shown = " ".join(shlex.quote(c) for c in [Path(cmd[0]).name, *cmd[1:]])
     print(f"\n$ {shown}", flush=True)
-    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    code = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}).returncode
+    if code != 0:
+        print(f"\ndemo: `{shown}` failed (exit {code}); its message is above. Remove {cmd[cmd.index('--store') + 1] if '--store' in cmd else 'the output folder'} "
+              "to start the demo afresh.", file=sys.stderr)
+        raise SystemExit(code)
 
 
 def heads_available() -> bool:

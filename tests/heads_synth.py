@@ -43,6 +43,7 @@ class SynthSpec:
     invalid_rate: float = 0.02  # share of utterances whose second modality failed to extract (valid=False)
     n_speakers: int = 3
     frames: tuple[int, int] | None = None  # (min, max) frames per utterance; None = no frames
+    wide_roles: tuple[str, ...] = ()  # roles given openSMILE-like raw scales (x 1e-2..1e4, offsets), stored float32
     seed: int = 0
 
 
@@ -60,11 +61,16 @@ def build_store(path: str | Path, spec: SynthSpec, dataset: str = "synth") -> di
         names[role] = name
         w = StoreWriter(path, dataset, name)
         levels = ["utterance"] + (["frames"] if spec.frames else [])
+        wide = role in spec.wide_roles
         w.open(manifest, fingerprint={"encoder": "synthetic", "role": role, "seed": spec.seed, "kind": spec.kind},
-               info={"dim": dim, "modality": MODALITY[role], "encoder": "synthetic", "levels": levels})
+               info={"dim": dim, "modality": MODALITY[role], "encoder": "synthetic", "levels": levels,
+                     "dtype": "float32" if wide else "float16"})
         proj = _projection(spec, dim, rng)
+        scale, offset = 10.0 ** rng.uniform(-2, 4, dim), 10.0 ** rng.uniform(0, 4, dim)
         for d in manifest.dialogues:
             pooled = _features(targets[d.id], proj, spec, rng)
+            if wide:
+                pooled = pooled * scale + offset
             valid = np.ones(len(d), bool)
             if k > 0 and spec.invalid_rate > 0:  # only non-first modalities fail, so the label stays readable
                 valid = rng.random(len(d)) >= spec.invalid_rate
@@ -74,7 +80,8 @@ def build_store(path: str | Path, spec: SynthSpec, dataset: str = "synth") -> di
                 n_frames = rng.integers(spec.frames[0], spec.frames[1] + 1, size=len(d))
                 offsets = np.concatenate([[0], np.cumsum(n_frames)]).astype(np.int64)
                 frames = np.repeat(pooled, n_frames, axis=0) + 0.3 * rng.standard_normal((offsets[-1], dim))
-            w.write_dialogue(d.id, pooled.astype(np.float16), valid, frames=frames, offsets=offsets)
+            w.write_dialogue(d.id, pooled.astype(np.float32 if wide else np.float16), valid, frames=frames,
+                             offsets=offsets)
         w.finalize(manifest)
     return names
 
@@ -154,6 +161,8 @@ SHARED_SPECS = {
     "neighbour": SynthSpec(kind="neighbour", dims={"t": 32, "a": 32}, invalid_rate=0.0, seed=2),
     "mood": SynthSpec(kind="mood", splits={"train": 80, "dev": 30, "test": 10}, dims={"t": 32, "a": 32}, lengths=(8, 14), signal=0.5, invalid_rate=0.0, seed=4),
     "mosei": SynthSpec(kind="mosei", dims={"t": 32, "a": 32}, frames=(2, 4), seed=3),
+    # the label is in the audio role only, at raw openSMILE-like scales; the text role is noise
+    "wide": SynthSpec(kind="planted", dims={"a": 32}, wide_roles=("a",), invalid_rate=0.0, seed=5),
 }
 _SHARED: dict[str, tuple[str, dict[str, str]]] = {}
 

@@ -33,8 +33,8 @@ def trained(tmp_path_factory):
 
 def test_run_directory_holds_everything(trained):
     run_dir, output = trained
-    for name in ("config.json", "head_config.json", "model.safetensors", "metrics.json", "predictions.csv",
-                 "log.jsonl", "learning_curve.png"):
+    for name in ("config.json", "head_config.json", "model.safetensors", "feature_stats.safetensors", "metrics.json",
+                 "predictions.csv", "log.jsonl", "learning_curve.png"):
         assert (run_dir / name).exists(), name
     config = json.loads((run_dir / "config.json").read_text())
     assert config["head"] == "dialogue-gru" and config["head_config"]["hidden"] == 32
@@ -42,6 +42,7 @@ def test_run_directory_holds_everything(trained):
     assert config["tasks"] == [{"name": "emotion", "kind": "categorical", "classes": ["neutral", "joy", "anger", "sadness"]}]
     assert config["train"]["seed"] == 3 and config["train"]["precision"] in ("fp32", "bf16")
     assert config["optimizer"]["lr"] == 3e-3 and config["train"]["patience"] == 5
+    assert config["normalize"] == "zscore"
     assert {"torch", "numpy", "zarr", "python"} <= set(config["versions"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     test = metrics["splits"]["test"]["emotion"]

@@ -76,7 +76,7 @@ def test_speakers_labels_splits(small_store):
 
 def test_batch_padding_masks_and_values(small_store):
     path, rows = small_store
-    data = HeadsData.load(path, "small", "text4,audio3")
+    data = HeadsData.load(path, "small", "text4,audio3", normalize="none")
     b = data.batch([1, 0])  # a 2-utterance dialogue padded to 4
     assert b.dialogue_ids == ["d1", "d0"]
     assert b.mask.tolist() == [[True, True, False, False], [True] * 4]
@@ -88,6 +88,30 @@ def test_batch_padding_masks_and_values(small_store):
     assert (b.feats["a"][1, 1] == 0).all()  # failed extraction reads as zeros
     assert b.labels["emotion"].tolist() == [[2, 1, -1, -1], [1, 0, -1, 2]]
     assert b.speakers.tolist() == [[0, 1, 0, 0], [0, 1, 0, 2]]
+
+
+def test_zscore_uses_train_valid_rows_only_and_saved_stats_reproduce_it(small_store):
+    path, rows = small_store
+    data = HeadsData.load(path, "small", "text4,audio3")
+    assert data.normalize == "zscore"
+    # train = d0 and d2; audio row 1 of d0 failed, so it takes no part in the statistics
+    t_train = np.concatenate([rows["t"]["d0"], rows["t"]["d2"]]).astype(np.float64)
+    a_train = np.concatenate([rows["a"]["d0"][[0, 2, 3]], rows["a"]["d2"]]).astype(np.float64)
+    for role, ref in (("t", t_train), ("a", a_train)):
+        mean, std = data.stats[role]
+        np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(std, ref.std(0), rtol=1e-6)
+    b = data.batch([1, 0])
+    want_dev = (rows["t"]["d1"].astype(np.float32) - data.stats["t"][0]) / data.stats["t"][1]
+    torch.testing.assert_close(b.feats["t"][0, :2], torch.from_numpy(want_dev), atol=2e-3, rtol=1e-3)
+    assert (b.feats["a"][1, 1] == 0).all() and (b.feats["t"][0, 2:] == 0).all()  # failed rows and pads stay zero
+    train_t = data.feats["t"][:-1][data.split_rows("train")].float()
+    torch.testing.assert_close(train_t.mean(0), torch.zeros(4), atol=2e-3, rtol=0)
+    # a saved run's statistics give the same tensors, whatever the store's splits say now
+    again = HeadsData.load(path, "small", "text4,audio3", stats=data.stats)
+    assert all(torch.equal(again.feats[r], data.feats[r]) for r in data.feats)
+    with pytest.raises(HeadsError, match="unknown normalize"):
+        HeadsData.load(path, "small", "text4", normalize="minmax")
 
 
 def test_select_roles_is_a_modality_subset(small_store):
@@ -123,7 +147,7 @@ def test_batches_cover_split_in_order_and_shuffle_is_seeded():
 def test_frames_padded_and_capped():
     path, names = shared_store("planted")
     reader = StoreReader(path)
-    data = HeadsData.load(path, "synth", f"t={names['t']}", frames=True, max_frames=3)
+    data = HeadsData.load(path, "synth", f"t={names['t']}", frames=True, max_frames=3, normalize="none")
     b = data.batch([0, 1])
     x, fmask = b.frames["t"]
     assert x.shape[:3] == fmask.shape and x.shape[2] <= 3 and x.shape[3] == 32

@@ -91,3 +91,18 @@ def test_regression_and_multilabel_tasks_train(name, tmp_path):
     # sentiment std is about 1.5 on this store: an MAE well under 1 means the head read it
     assert dev["sentiment"]["mae"] < 0.6 and dev["sentiment"]["pearson"] > 0.8
     assert dev["emotions"]["avg_weighted_f1"] > 0.75
+
+
+@pytest.mark.parametrize("name", ["mlp", "dialogue-gru"])
+def test_standardisation_lets_heads_read_raw_opensmile_scales(name, tmp_path):
+    """Audio features at openSMILE-like raw scales (dims from 1e-2 to 1e4, large offsets): the default train-split
+    z-scoring makes them learnable; passing them through raw (`--set normalize=none`) is clearly worse."""
+    path, names = shared_store("wide")
+
+    def dev_f1(normalize: str) -> float:
+        req = RunRequest(head=name, store=path, dataset="synth", features=f"a={names['a']}", epochs=12, batch_size=8,
+                         out=str(tmp_path / normalize), overrides={**small_overrides(name), "normalize": normalize})
+        return train_run(req).metrics["dev"]["emotion"]["weighted_f1"]
+
+    z, raw = dev_f1("zscore"), dev_f1("none")
+    assert z >= 0.9 and z - raw >= 0.1, (z, raw)
