@@ -169,3 +169,28 @@ def test_missing_arguments_and_unknown_encoder_give_clear_errors(corpus, tmp_pat
     out = run("--dataset", "manifest", "--root", corpus, "--encoder", "nope", "--store", tmp_path / "x.zarr",
               check_code=2).stdout
     assert "unknown encoder 'nope'" in out and "minilm" in out
+
+
+class ThreadsPreparer:
+    """Reports the torch thread count seen inside a worker, importing torch only when called (as HF preparers may)."""
+
+    def __call__(self, utt):
+        import torch
+
+        from merc.extract.encoders.base import Prepared
+
+        return Prepared(utt.id, torch.get_num_threads(), 1)
+
+
+def test_worker_processes_run_torch_on_one_thread():
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    from merc.data_manifests.manifest import Utterance
+    from merc.extract.runner import _init_worker, _prepare_chunk
+
+    utts = [Utterance(f"u{i}", "d", "A", "x", "train") for i in range(4)]
+    with cf.ProcessPoolExecutor(2, mp_context=mp.get_context("forkserver"), initializer=_init_worker,
+                                initargs=(ThreadsPreparer(),)) as pool:
+        results = [r for chunk in pool.map(_prepare_chunk, [utts[:2], utts[2:]]) for r in chunk]
+    assert [r.value for r in results] == [1, 1, 1, 1]
