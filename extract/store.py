@@ -38,6 +38,8 @@ import zarr
 from merc.data_manifests.errors import MercError
 from merc.data_manifests.manifest import Manifest
 
+from .store_files import DialogueFiles
+
 STORE_FORMAT = 1
 STORE_DTYPES = ("float16", "float32")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -127,6 +129,9 @@ class StoreWriter:
         self.path = Path(path)
         self.dataset = dataset
         self.feature_set = feature_set
+        self._files = DialogueFiles()
+        self._dtype_cached: np.dtype | None = None
+        self._written: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # this process's writes, reused by _pack
 
     # -- setup (coordinator only) ---------------------------------------------------------------------
     def open(self, manifest: Manifest, *, fingerprint: dict, info: dict, overwrite: bool = False) -> None:
@@ -207,24 +212,36 @@ class StoreWriter:
                        frames: np.ndarray | None = None, offsets: np.ndarray | None = None,
                        failures: Iterable[dict] = ()) -> None:
         """Write a dialogue's arrays, then its commit marker. A half-written dialogue is redone on resume."""
-        fs = self._fs()
         key = dialogue_key(dialogue_id)
-        if key in fs:  # left over from a killed run: never trust a group without its marker
-            if fs[key].attrs.get("complete"):
+        folder = self.path / self.dataset / self.feature_set / key
+        if folder.exists():  # left over from a killed run: never trust a group without its marker
+            if _group_attrs(folder).get("complete"):
                 return
-            shutil.rmtree(self.path / self.dataset / self.feature_set / key, ignore_errors=True)
-        dtype = self._dtype(fs)
-        pooled = _cast(pooled, dtype, f"{self.dataset}/{self.feature_set} dialogue {dialogue_id!r}", self.path)
+            shutil.rmtree(folder, ignore_errors=True)
+        dtype = self._storage_dtype()
+        what = f"{self.dataset}/{self.feature_set} dialogue {dialogue_id!r}"
+        arrays = {"pooled": _cast(pooled, dtype, what, self.path), "valid": np.asarray(valid, dtype=bool)}
         if frames is not None:
-            frames = _cast(frames, dtype, f"{self.dataset}/{self.feature_set} dialogue {dialogue_id!r} frames", self.path)
-        g = fs.create_group(key)
-        _put(g, "pooled", pooled)
-        _put(g, "valid", np.asarray(valid, dtype=bool))
-        if frames is not None:
-            _put(g, "frames", frames)
-            _put(g, "offsets", np.asarray(offsets, dtype=np.int64))
-        g.attrs.update({"dialogue_id": dialogue_id, "n_utt": int(len(valid)), "failures": list(failures),
-                        "complete": True})
+            arrays["frames"] = _cast(frames, dtype, what + " frames", self.path)
+            arrays["offsets"] = np.asarray(offsets, dtype=np.int64)
+        attrs = {"dialogue_id": dialogue_id, "n_utt": int(len(valid)), "failures": _plain(list(failures)),
+                 "complete": True}
+        if self._files.supported([(a.dtype, a.ndim) for a in arrays.values()]):
+            DialogueFiles.write_group(folder, {})  # the group exists, uncommitted
+            for name, a in arrays.items():
+                self._files.write_array(folder / name, a)
+            DialogueFiles.write_group(folder, attrs)  # the marker lands last, atomically
+        else:  # the zarr API: slower, for codec defaults that DialogueFiles does not write
+            g = self._fs().create_group(key)
+            for name, a in arrays.items():
+                _put(g, name, a)
+            g.update_attributes(attrs)
+        self._written[dialogue_id] = (arrays["pooled"], arrays["valid"])
+
+    def _storage_dtype(self) -> np.dtype:
+        if self._dtype_cached is None:
+            self._dtype_cached = self._dtype(self._fs())
+        return self._dtype_cached
 
     # -- end of run (coordinator only) ----------------------------------------------------------------
     def finalize(self, manifest: Manifest) -> dict:
@@ -242,7 +259,7 @@ class StoreWriter:
 
     def _pack(self, fs: zarr.Group, manifest: Manifest, complete: dict[str, str]) -> None:
         ids = [d.id for d in manifest.dialogues]
-        parts = [(fs[complete[i]]["pooled"][...], fs[complete[i]]["valid"][...]) for i in ids]
+        parts = [self._written.get(i) or (fs[complete[i]]["pooled"][...], fs[complete[i]]["valid"][...]) for i in ids]
         offsets = np.cumsum([0] + [len(v) for _, v in parts]).astype(np.int64)
         dim = int(fs.attrs["dim"])
         pooled = np.concatenate([p for p, _ in parts]) if parts else np.zeros((0, dim), self._dtype(fs))
@@ -254,6 +271,25 @@ class StoreWriter:
         _put(g, "valid", valid)
         _put(g, "dialogue_offsets", offsets)
         g.attrs.update({"dialogue_ids_digest": _ids_digest(ids), "complete": True})
+
+
+def _group_attrs(folder: Path) -> dict:
+    """A group's attributes read straight from its zarr.json; {} when it is missing or half-written."""
+    try:
+        return json.loads((folder / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _plain(obj):
+    """JSON-safe copy (numpy scalars -> Python numbers), as zarr's own attribute encoder would make it."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def _cast(values: np.ndarray, dtype: np.dtype, what: str, path: Path) -> np.ndarray:
@@ -270,9 +306,10 @@ def _cast(values: np.ndarray, dtype: np.dtype, what: str, path: Path) -> np.ndar
 
 def _put(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple | None = None) -> None:
     chunks = chunks or tuple(max(1, s) for s in data.shape) or (1,)
-    arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks)
     if data.size:
-        arr[...] = data
+        group.create_array(name, data=data, chunks=chunks)  # metadata and chunks in one call
+    else:
+        group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks)
 
 
 def _complete_groups(fs: zarr.Group) -> Iterator[tuple[str, str]]:

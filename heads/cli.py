@@ -260,7 +260,8 @@ def list_heads() -> None:
     console.print("Roles: t = text, a = audio, v = video. `--features minilm,egemaps` gives each set the role of its "
                   "recorded modality; `--features t=minilm,a=egemaps` names them.\n"
                   "Also settable with --set: optimiser lr, weight_decay, optimizer (adamw|adam), betas, eps, "
-                  "grad_clip, scheduler (plateau|none); trainer patience, monitor, eval_batch_size, max_frames.")
+                  "grad_clip, scheduler (plateau|none); trainer patience, monitor, eval_batch_size, max_frames, "
+                  "normalize (zscore = standardise with train-split statistics, the default | none = raw values).")
 
 
 def _default(f) -> str:

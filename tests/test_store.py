@@ -159,3 +159,44 @@ def test_float16_overflow_is_refused_and_float32_sets_keep_wide_values(tmp_path)
     # the storage dtype is part of the fingerprint: the same encoder stored at another precision is another set
     assert r.info(m.name, "full")["fingerprint"]["store_dtype"] == "float32"
     assert r.info(m.name, "half")["fingerprint_hash"] != r.info(m.name, "full")["fingerprint_hash"]
+
+
+@pytest.mark.parametrize("array", [np.arange(12, dtype=np.float16).reshape(3, 4), np.array([True, False, True]),
+                                   np.arange(5, dtype=np.int64), np.zeros((0, 4), np.float32),
+                                   np.linspace(-1e9, 1e9, 6, dtype=np.float32).reshape(2, 3)])
+def test_direct_array_files_equal_what_zarr_writes(tmp_path, array):
+    """DialogueFiles writes per-dialogue arrays without the zarr API; zarr must read back exactly its own metadata."""
+    import zarr
+
+    from merc.extract.store_files import DialogueFiles
+
+    files = DialogueFiles()
+    assert files.supported([(array.dtype, array.ndim)])
+    files.write_array(tmp_path / "ours", array)
+    theirs = zarr.create_array(store=str(tmp_path / "theirs"), shape=array.shape, dtype=array.dtype,
+                               chunks=tuple(max(1, s) for s in array.shape))
+    if array.size:
+        theirs[...] = array
+    ours = zarr.open_array(str(tmp_path / "ours"), mode="r")
+    assert ours.metadata == theirs.metadata
+    np.testing.assert_array_equal(ours[...], array)
+    assert ours[...].dtype == array.dtype
+
+
+def test_dialogue_groups_commit_atomically_and_fallback_writes_the_same(tmp_path, monkeypatch):
+    m = _manifest(n_dialogues=2)
+    _fill(tmp_path / "fast.zarr", m)
+    from merc.extract import store_files
+
+    monkeypatch.setattr(store_files.DialogueFiles, "supported", lambda self, dtypes: False)  # the zarr API path
+    _fill(tmp_path / "slow.zarr", m)
+    fast, slow = StoreReader(tmp_path / "fast.zarr"), StoreReader(tmp_path / "slow.zarr")
+    for d in m.dialogues:
+        key = dialogue_key(d.id)
+        a, b = fast.root[f"toy/feat/{key}"], slow.root[f"toy/feat/{key}"]
+        assert dict(a.attrs) == dict(b.attrs) and a.attrs["complete"] is True
+        for name in ("pooled", "valid"):
+            np.testing.assert_array_equal(a[name][...], b[name][...])
+            assert a[name].metadata == b[name].metadata
+    assert fast.verify() == [] and slow.verify() == []
+    assert not list((tmp_path / "fast.zarr").rglob("*.tmp"))  # the atomic replace leaves nothing behind
