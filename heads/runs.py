@@ -188,7 +188,8 @@ def train_run(req: RunRequest, callbacks: list[Callback] | None = None) -> RunRe
     normalize = str(trainer_over.get("normalize", "zscore") or "none")  # --set normalize=none parses to None
     check_roles(cls, resolve_roles(StoreReader(req.store), req.dataset, req.features))  # before any heavy read
     # a multi-task head (MMoLRE: sentiment + emotions) may ask for every label space by default
-    tasks = req.tasks if req.tasks is not None else getattr(cls, "default_tasks", None)
+    default_tasks = getattr(cls, "default_tasks", None)
+    tasks = req.tasks if req.tasks is not None else (default_tasks(cfg) if default_tasks else None)
     data = HeadsData.load(req.store, req.dataset, req.features, tasks=tasks,
                           frames="frames" in cls.levels, max_frames=max_frames, normalize=normalize)
     try:

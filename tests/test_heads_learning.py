@@ -106,3 +106,13 @@ def test_standardisation_lets_heads_read_raw_opensmile_scales(name, tmp_path):
 
     z, raw = dev_f1("zscore"), dev_f1("none")
     assert z >= 0.9 and z - raw >= 0.1, (z, raw)
+
+
+def test_mmolre_trains_sentiment_and_emotions_jointly_by_default(tmp_path):
+    path, names = shared_store("mosei")
+    common = dict(head="mmolre", store=path, dataset="synth", features=features_arg(names, "ta"), epochs=1,
+                  batch_size=8, out=str(tmp_path))
+    joint = train_run(RunRequest(**common, overrides=small_overrides("mmolre")))
+    assert set(joint.metrics["test"]) == {"sentiment", "emotions"}
+    single = train_run(RunRequest(**common, overrides={**small_overrides("mmolre"), "multitask": "false"}))
+    assert set(single.metrics["test"]) == {"sentiment"}

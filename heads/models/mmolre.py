@@ -228,6 +228,11 @@ class MMoLRE(Head):
     uses_context = False
     description = "MMoLRE: per-task low-rank expert mixtures on token/frame sequences + per-task cross-modal encoder (MSA + MER)"
 
+    @staticmethod
+    def default_tasks(cfg: MMoLREConfig) -> str | None:
+        """Without --task: every label space of the dataset (MOSEI: sentiment + emotions jointly), unless multitask=false."""
+        return "all" if cfg.multitask else None
+
     def __init__(self, cfg: MMoLREConfig, dims: dict[str, int], tasks: list[TaskSpec]):
         super().__init__(cfg, dims, tasks)
         if cfg.fusion not in ("post", "pre"):
