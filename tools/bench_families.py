@@ -142,8 +142,8 @@ def plain_loop(family: str, model_dir: Path, utts: list) -> tuple[float, np.ndar
     return time.perf_counter() - t0, vectors
 
 
-def bench_family(name: str, n_utts: int = 64) -> dict:
-    """Time merc's batched path and the plain loop for one family on the same n utterances."""
+def bench_family(name: str, n_utts: int = 64, repeats: int = 1) -> list[dict]:
+    """Time merc's batched path and the plain loop for one family on the same n utterances, `repeats` times."""
     import transformers
 
     from merc.extract.encoders import EncoderRequest, build_encoder
@@ -159,12 +159,16 @@ def bench_family(name: str, n_utts: int = 64) -> dict:
         encoder = build_encoder(EncoderRequest(f"{prefix}{model_dir}"))
         plain_loop(name, model_dir, utts[:2])  # warm-up: first-call allocations, lazy imports
         merc_batched(encoder, utts[:2])
-        plain_s, plain_vecs = plain_loop(name, model_dir, utts)
-        merc_s, merc_vecs = merc_batched(encoder, utts)
+        out = []
+        for _ in range(repeats):
+            plain_s, plain_vecs = plain_loop(name, model_dir, utts)
+            merc_s, merc_vecs = merc_batched(encoder, utts)
+            out.append({"family": name, "model": f"tiny {kind}", "utterances": n_utts, "plain_s": plain_s,
+                        "merc_s": merc_s, "speedup": plain_s / merc_s,
+                        "max_abs_diff": float(np.abs(plain_vecs - merc_vecs).max())})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"family": name, "model": f"tiny {kind}", "utterances": n_utts, "plain_s": plain_s, "merc_s": merc_s,
-            "speedup": plain_s / merc_s, "max_abs_diff": float(np.abs(plain_vecs - merc_vecs).max())}
+    return out
 
 
 def main() -> None:
@@ -182,7 +186,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     print(f"{'family':11s} {'model':20s} {'utts':>5s} {'plain s':>8s} {'merc s':>8s} {'speed-up':>9s} {'max |diff|':>11s}")
     for family in args.families.split(","):
-        r = bench_family(family, args.utterances)
+        r = bench_family(family, args.utterances)[0]
         print(f"{r['family']:11s} {r['model']:20s} {r['utterances']:5d} {r['plain_s']:8.2f} {r['merc_s']:8.2f} "
               f"{r['speedup']:8.2f}x {r['max_abs_diff']:11.1e}")
 
