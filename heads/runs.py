@@ -44,6 +44,7 @@ from .trainer import (
     Trainer,
     predict,
     resolve_device,
+    seed_everything,
 )
 
 RUN_FORMAT = 1
@@ -192,6 +193,7 @@ def train_run(req: RunRequest, callbacks: list[Callback] | None = None) -> RunRe
     tasks = req.tasks if req.tasks is not None else (default_tasks(cfg) if default_tasks else None)
     data = HeadsData.load(req.store, req.dataset, req.features, tasks=tasks,
                           frames="frames" in cls.levels, max_frames=max_frames, normalize=normalize)
+    seed_everything(req.seed)  # the head's initial weights come from the seeded generator too
     try:
         head = cls(cfg, data.dims, data.tasks)
     except ValueError as e:  # heads refuse tasks or option combinations they cannot serve, saying why

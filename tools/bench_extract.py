@@ -7,7 +7,9 @@ Sections (all by default; `--sections minilm,families,opensmile` picks some):
 - families:  one tiny model per encoder family (text, speech SSL, Whisper, LLM, speech LLM, vision):
              merc's batched path against the per-utterance loop (tools/bench_families.py);
 - opensmile: eGeMAPS functionals with 1 worker process against 2 (the runner's default on 2 cores),
-             whole extraction into a store; the two stores must be bitwise equal.
+             whole extraction into a store; the two stores must be bitwise equal;
+- store:     the cost of committing one dialogue: merc's direct Zarr v3 file writes against the
+             zarr-python API it falls back to.
 
 Each ratio comes from two timings taken in this one process, so it does not depend on the machine's
 load at another time.
@@ -182,14 +184,54 @@ def _duration(path: str) -> float:
     return sf.info(path).duration
 
 
-SECTIONS = ("minilm", "families", "opensmile")
+# -- store ----------------------------------------------------------------------------------------------
+
+def bench_store(n_dialogues: int, tmp: Path, repeats: int) -> None:
+    """Per-dialogue commit cost: merc's direct Zarr v3 file writes against the zarr-python API (same layout)."""
+    import time as _time
+
+    from merc.extract.store import StoreReader, StoreWriter
+    from merc.extract.store_files import DialogueFiles
+
+    manifest = synthetic_manifest(n_dialogues * 10)
+    rng = np.random.default_rng(0)
+    arrays = {d.id: (rng.standard_normal((len(d), 384)).astype(np.float16), np.ones(len(d), bool))
+              for d in manifest.dialogues}
+
+    def write(path: Path, direct: bool) -> float:
+        w = StoreWriter(path, manifest.name, "x")
+        w.open(manifest, fingerprint={"bench": 1}, info={"dim": 384, "modality": "text", "encoder": "x"})
+        if not direct:
+            w._files.supported = lambda dtypes: False  # the zarr-python path the writer falls back to
+        t0 = _time.perf_counter()
+        for d in manifest.dialogues:
+            w.write_dialogue(d.id, *arrays[d.id])
+        return (_time.perf_counter() - t0) / len(manifest.dialogues) * 1e3
+
+    assert DialogueFiles().supported([(np.dtype(np.float16), 2), (np.dtype(bool), 1)])
+    fast, slow = [], []
+    for k in range(repeats):
+        fast.append(write(tmp / f"direct{k}.zarr", True))
+        slow.append(write(tmp / f"zarr{k}.zarr", False))
+    same = all(np.array_equal(StoreReader(tmp / "direct0.zarr").load_pooled(manifest.name, "x", allow_incomplete=True)
+                              .pooled, StoreReader(tmp / f"zarr{k}.zarr").load_pooled(manifest.name, "x",
+                                                                                     allow_incomplete=True).pooled)
+               for k in range(repeats))
+    print(f"\n[store] committing {len(manifest.dialogues)} dialogues (pooled [~10, 384] fp16 + valid), {repeats} repeats")
+    print(f"{'writer':38s} {'ms per dialogue':>16s}")
+    print(f"{'zarr-python API (group, 2 arrays, attrs)':38s} {np.median(slow):16.2f}")
+    print(f"{'merc direct Zarr v3 files':38s} {np.median(fast):16.2f}")
+    print(f"speed-up: {_ratios(list(zip(slow, fast, strict=True)))}; same arrays read back: {same}")
+
+
+SECTIONS = ("minilm", "families", "opensmile", "store")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--utterances", type=int, default=1000, help="minilm section")
-    ap.add_argument("--family-utterances", type=int, default=64, help="families section, per family")
+    ap.add_argument("--family-utterances", type=int, default=256, help="families section, per family")
     ap.add_argument("--clips", type=int, default=200, help="opensmile section")
     ap.add_argument("--repeats", type=int, default=3, help="timings per path; medians are reported")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
@@ -215,6 +257,8 @@ def main() -> None:
             bench_families(args.family_utterances, args.repeats)
         if "opensmile" in sections:
             bench_opensmile(args.clips, tmp, args.repeats)
+        if "store" in sections:
+            bench_store(300, tmp, args.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
