@@ -206,7 +206,7 @@ class StoreWriter:
 
     def done_dialogues(self) -> set[str]:
         """Dialogue ids whose commit marker is written."""
-        return {dia_id for dia_id, _ in _complete_groups(self._fs())}
+        return {dia_id for dia_id, _ in _complete_groups(self._folder)}
 
     def write_dialogue(self, dialogue_id: str, pooled: np.ndarray, valid: np.ndarray, *,
                        frames: np.ndarray | None = None, offsets: np.ndarray | None = None,
@@ -238,6 +238,10 @@ class StoreWriter:
             g.update_attributes(attrs)
         self._written[dialogue_id] = (arrays["pooled"], arrays["valid"])
 
+    @property
+    def _folder(self) -> Path:
+        return self.path / self.dataset / self.feature_set
+
     def _storage_dtype(self) -> np.dtype:
         if self._dtype_cached is None:
             self._dtype_cached = self._dtype(self._fs())
@@ -247,8 +251,9 @@ class StoreWriter:
     def finalize(self, manifest: Manifest) -> dict:
         """Pack pooled rows for fast loading once every dialogue is complete; store the run report."""
         fs = self._fs()
-        complete = dict(_complete_groups(fs))
-        failures = [f for key in complete.values() for f in fs[key].attrs.get("failures", [])]
+        groups = {key: attrs for key, attrs in _dialogue_groups(self._folder) if attrs.get("complete")}
+        complete = {attrs["dialogue_id"]: key for key, attrs in groups.items()}
+        failures = [f for attrs in groups.values() for f in attrs.get("failures", [])]
         missing = [d.id for d in manifest.dialogues if d.id not in complete]
         report = {"dialogues_complete": len(complete), "dialogues_total": len(manifest.dialogues),
                   "utterances_failed": len(failures), "failures": failures}
@@ -312,10 +317,21 @@ def _put(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple | None = 
         group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks)
 
 
-def _complete_groups(fs: zarr.Group) -> Iterator[tuple[str, str]]:
-    for key, g in fs.groups():
-        if key != "packed" and g.attrs.get("complete"):
-            yield g.attrs["dialogue_id"], key
+def _dialogue_groups(folder: Path) -> Iterator[tuple[str, dict]]:
+    """(node key, attributes) of every dialogue group of a feature set, read straight from the zarr.json files:
+    zarr-python opens a group in ~2 ms, which made listing MELD's 1,433 dialogues take seconds."""
+    if not folder.is_dir():
+        return
+    for child in sorted(folder.iterdir()):
+        if child.name != "packed" and (child / "zarr.json").is_file():
+            yield child.name, _group_attrs(child)
+
+
+def _complete_groups(folder: Path) -> Iterator[tuple[str, str]]:
+    """(dialogue id, node key) of the committed dialogues."""
+    for key, attrs in _dialogue_groups(folder):
+        if attrs.get("complete"):
+            yield attrs["dialogue_id"], key
 
 
 def _ids_digest(ids: list[str]) -> str:
@@ -389,7 +405,7 @@ class StoreReader:
 
     def _load_unpacked(self, fs: zarr.Group, dataset: str, feature_set: str, manifest_ids: list[str],
                        allow_incomplete: bool) -> PooledFeatures:
-        complete = dict(_complete_groups(fs))
+        complete = dict(_complete_groups(self.path / dataset / feature_set))
         missing = [i for i in manifest_ids if i not in complete]
         if missing and not allow_incomplete:
             raise StoreError(f"{dataset}/{feature_set} is incomplete: {len(missing)} of {len(manifest_ids)} "
@@ -428,7 +444,7 @@ class StoreReader:
             for fsname in self.feature_sets(ds):
                 fs = self._feature_set(ds, fsname)
                 report = fs.attrs.get("report", {})
-                done = sum(1 for _ in _complete_groups(fs))
+                done = sum(1 for _ in _complete_groups(self.path / ds / fsname))
                 rows.append({"dataset": ds, "feature_set": fsname, "encoder": fs.attrs.get("encoder", ""),
                              "modality": fs.attrs.get("modality", ""), "dim": fs.attrs.get("dim"),
                              "dialogues_done": done, "dialogues_total": n_dia,
@@ -445,8 +461,9 @@ class StoreReader:
             for fsname in self.feature_sets(ds):
                 fs = self._feature_set(ds, fsname)
                 dim = fs.attrs.get("dim")
-                complete = dict(_complete_groups(fs))
-                partial = [k for k, g in fs.groups() if k != "packed" and not g.attrs.get("complete")]
+                groups = list(_dialogue_groups(self.path / ds / fsname))
+                complete = {a["dialogue_id"]: k for k, a in groups if a.get("complete")}
+                partial = [k for k, a in groups if not a.get("complete")]
                 for k in partial:
                     problems.append(f"{ds}/{fsname}/{k}: uncommitted (a killed run); rerun merc-extract to redo it")
                 missing = [i for i in lengths if i not in complete]

@@ -25,8 +25,7 @@ import numpy as np
 class DialogueFiles:
     """Writes whole-chunk arrays and group metadata of a local directory store, one file at a time."""
 
-    def __init__(self) -> None:
-        self._templates: dict[tuple[str, int], dict | None] = {}
+    _templates: dict[tuple[str, int], dict | None] = {}  # per process: zarr's defaults do not change under us
 
     def template(self, dtype: np.dtype, ndim: int) -> dict | None:
         """zarr's own metadata for a (1,)*ndim array of `dtype`, or None if its codecs are not bytes+zstd."""

@@ -194,3 +194,21 @@ def test_worker_processes_run_torch_on_one_thread():
                                 initargs=(ThreadsPreparer(),)) as pool:
         results = [r for chunk in pool.map(_prepare_chunk, [utts[:2], utts[2:]]) for r in chunk]
     assert [r.value for r in results] == [1, 1, 1, 1]
+
+
+def test_default_decode_workers_follow_the_device_and_the_cores():
+    from merc.extract.encoders.base import Encoder
+    from merc.extract.runner import default_workers
+
+    class Fake(Encoder):
+        def __init__(self, modality="audio", final=False, device="cpu"):
+            super().__init__("fake")
+            self.modality, self.final_in_preparer = modality, final
+            self.opts = type("Opts", (), {"device": device})()
+
+    assert default_workers(Fake(final=True), cores=2) == 2  # openSMILE: one per core
+    assert default_workers(Fake(modality="text"), cores=16) == 0  # nothing to decode
+    assert default_workers(Fake(device="cuda"), cores=16) == 15  # the CPU is free while the GPU works
+    assert default_workers(Fake(device="cuda:1"), cores=2) == 1
+    assert default_workers(Fake(), cores=2) == 0  # a CPU model needs both cores itself
+    assert default_workers(Fake(), cores=8) == 1

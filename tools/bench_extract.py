@@ -163,15 +163,18 @@ def bench_minilm(n: int, tmp: Path, repeats: int) -> None:
 def bench_families(n: int, repeats: int) -> None:
     from merc.tools.bench_families import FAMILIES, bench_family
 
-    print(f"\n[families] one tiny model per family, {n} utterances each, merc batched path vs per-utterance loop, "
-          f"{repeats} repeats (median seconds; speed-up: median (range) of the ratios)")
-    print(f"{'family':11s} {'model':20s} {'utts':>5s} {'plain s':>8s} {'merc s':>8s} {'speed-up':>20s} {'max |diff|':>11s}")
+    print(f"\n[families] one tiny model per family, {n} utterances each, {repeats} repeats (median seconds; speed-ups: "
+          "median (range) of the ratios).\n  batched = merc's preparer -> batches -> encoder in one process; "
+          "merc-extract = the runner as users run it (decode worker processes, store writes)")
+    print(f"{'family':11s} {'model':20s} {'plain s':>8s} {'batched s':>10s} {'speed-up':>18s} "
+          f"{'merc-extract s':>15s} {'speed-up':>18s} {'max |diff|':>11s}")
     for family in FAMILIES:
-        rs = bench_family(family, n, repeats=repeats)
-        plain, merc = [r["plain_s"] for r in rs], [r["merc_s"] for r in rs]
+        rs = bench_family(family, n, repeats=repeats, runner=True)
+        plain, merc, run = ([r[k] for r in rs] for k in ("plain_s", "merc_s", "runner_s"))
         r = rs[0]
-        print(f"{r['family']:11s} {r['model']:20s} {r['utterances']:5d} {np.median(plain):8.2f} {np.median(merc):8.2f} "
-              f"{_ratios(list(zip(plain, merc, strict=True))):>20s} {max(x['max_abs_diff'] for x in rs):11.1e}")
+        print(f"{r['family']:11s} {r['model']:20s} {np.median(plain):8.2f} {np.median(merc):10.2f} "
+              f"{_ratios(list(zip(plain, merc, strict=True))):>18s} {np.median(run):15.2f} "
+              f"{_ratios(list(zip(plain, run, strict=True))):>18s} {max(x['max_abs_diff'] for x in rs):11.1e}")
 
 
 # -- opensmile ------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ with real checkpoints on a GPU the gain comes from filling the device instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -73,6 +74,27 @@ def merc_batched(encoder, utts: list) -> tuple[float, np.ndarray]:
         for item, enc in zip(batch, encoder.encode_batch(batch), strict=True):
             vectors[item.utterance_id] = enc.pooled
     return time.perf_counter() - t0, np.stack([vectors[u.id] for u in utts])
+
+
+def merc_runner(encoder, utts: list, store: Path, per_dialogue: int = 8) -> tuple[float, np.ndarray]:
+    """What `merc-extract` runs: the Extraction runner with its decode worker processes and the store."""
+    from merc.data_manifests.manifest import Dialogue, Manifest
+    from merc.extract.runner import Extraction
+    from merc.extract.store import StoreReader, StoreWriter
+
+    dialogues = []
+    for i in range(0, len(utts), per_dialogue):
+        d_id = f"d{i // per_dialogue}"
+        dialogues.append(Dialogue(d_id, "train", [dataclasses.replace(u, dialogue_id=d_id)
+                                                  for u in utts[i: i + per_dialogue]]))
+    manifest = Manifest("bench", {}, dialogues)
+    writer = StoreWriter(store, "bench", "x")
+    writer.open(manifest, fingerprint=encoder.fingerprint(), info=encoder.info(), overwrite=True)
+    t0 = time.perf_counter()
+    Extraction(manifest, encoder, writer).run()
+    writer.finalize(manifest)
+    seconds = time.perf_counter() - t0
+    return seconds, StoreReader(store).load_pooled("bench", "x").pooled.astype(np.float32)
 
 
 def plain_loop(family: str, model_dir: Path, utts: list) -> tuple[float, np.ndarray]:
@@ -142,8 +164,9 @@ def plain_loop(family: str, model_dir: Path, utts: list) -> tuple[float, np.ndar
     return time.perf_counter() - t0, vectors
 
 
-def bench_family(name: str, n_utts: int = 64, repeats: int = 1) -> list[dict]:
-    """Time merc's batched path and the plain loop for one family on the same n utterances, `repeats` times."""
+def bench_family(name: str, n_utts: int = 64, repeats: int = 1, runner: bool = False) -> list[dict]:
+    """Time merc's batched path and the plain loop for one family on the same n utterances, `repeats` times;
+    with `runner`, also the whole `merc-extract` path (worker processes, store) as `runner_s`."""
     import transformers
 
     from merc.extract.encoders import EncoderRequest, build_encoder
@@ -160,12 +183,18 @@ def bench_family(name: str, n_utts: int = 64, repeats: int = 1) -> list[dict]:
         plain_loop(name, model_dir, utts[:2])  # warm-up: first-call allocations, lazy imports
         merc_batched(encoder, utts[:2])
         out = []
-        for _ in range(repeats):
+        for k in range(repeats):
             plain_s, plain_vecs = plain_loop(name, model_dir, utts)
             merc_s, merc_vecs = merc_batched(encoder, utts)
-            out.append({"family": name, "model": f"tiny {kind}", "utterances": n_utts, "plain_s": plain_s,
-                        "merc_s": merc_s, "speedup": plain_s / merc_s,
-                        "max_abs_diff": float(np.abs(plain_vecs - merc_vecs).max())})
+            row = {"family": name, "model": f"tiny {kind}", "utterances": n_utts, "plain_s": plain_s,
+                   "merc_s": merc_s, "speedup": plain_s / merc_s,
+                   "max_abs_diff": float(np.abs(plain_vecs - merc_vecs).max())}
+            if runner:
+                row["runner_s"], runner_vecs = merc_runner(encoder, utts, tmp / f"store{k}.zarr")
+                # the store holds fp16: compare at that precision
+                row["max_abs_diff"] = max(row["max_abs_diff"], float(np.abs(
+                    plain_vecs.astype(np.float16).astype(np.float32) - runner_vecs).max()))
+            out.append(row)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -71,6 +71,11 @@ class Encoder:
     def __init__(self, name: str):
         self.name = name
 
+    @property
+    def device(self) -> str:
+        """Where the model runs ("cpu", "cuda", "cuda:1"); model families keep it in their options."""
+        return str(getattr(getattr(self, "opts", None), "device", "cpu"))
+
     def prepare_dialogue(self, dialogue: Dialogue) -> list[Utterance]:
         """The utterances the preparer receives for this dialogue (hook for context-aware encoders)."""
         return dialogue.utterances
