@@ -51,12 +51,13 @@ class RunStats:
 def default_workers(encoder: Encoder, cores: int | None = None) -> int:
     """Decode worker processes when the user does not say (--decode-workers).
 
-    - openSMILE-style encoders do all their work in the preparer: one worker per core (1.76x on 2 cores).
+    - openSMILE-style encoders do all their work in the preparer: one worker per core.
     - A model on CUDA leaves the CPU idle: every core but the main process's decodes for it.
-    - A model on the CPU already keeps every core busy with its own threads; on this project's 2-core
-      machine a decode worker made a real-size data2vec run ~10 % slower (it steals the cores the
-      matmuls need) and tiny models 2-4x slower (start-up and hand-over costs), so below 4 cores the
-      main process prepares inline; above, one worker overlaps decoding with the model.
+    - A model on the CPU already keeps every core busy with its own threads; on a 2-core machine a
+      decode worker made every media family slower (it steals the cores the matmuls need, and its
+      start-up and hand-over cost more than it saves), so below 4 cores the main process prepares
+      inline; above, one worker overlaps decoding with the model. Figures: BENCHMARKS.md
+      (tools/bench_extract.py --sections families,opensmile).
     """
     cores = cores or os.cpu_count() or 1
     if encoder.final_in_preparer:

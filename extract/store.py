@@ -193,16 +193,18 @@ class StoreWriter:
         shutil.rmtree(self.path / sub, ignore_errors=True)
 
     # -- per dialogue (any process) -------------------------------------------------------------------
-    def _fs(self) -> zarr.Group:
-        return zarr.open_group(str(self.path / self.dataset / self.feature_set), mode="r+")
+    @property
+    def _folder(self) -> Path:
+        return self.path / self.dataset / self.feature_set
 
-    def _dtype(self, fs: zarr.Group) -> np.dtype:
-        """Storage dtype of the feature set, recorded at open(): float16 unless the encoder asked for float32."""
-        dtype = fs.attrs.get("dtype", "float16")
-        if dtype not in STORE_DTYPES:
-            raise StoreError(f"{self.dataset}/{self.feature_set}: unknown storage dtype {dtype!r}", file=str(self.path),
-                             fix="re-extract the feature set with --overwrite")
-        return np.dtype(dtype)
+    def _fs(self) -> zarr.Group:
+        return zarr.open_group(str(self._folder), mode="r+")
+
+    def _storage_dtype(self) -> np.dtype:
+        """Storage dtype recorded at open() (stores from before the option have none: float16); read once."""
+        if self._dtype_cached is None:
+            self._dtype_cached = np.dtype(self._fs().attrs.get("dtype", "float16"))
+        return self._dtype_cached
 
     def done_dialogues(self) -> set[str]:
         """Dialogue ids whose commit marker is written."""
@@ -213,7 +215,7 @@ class StoreWriter:
                        failures: Iterable[dict] = ()) -> None:
         """Write a dialogue's arrays, then its commit marker. A half-written dialogue is redone on resume."""
         key = dialogue_key(dialogue_id)
-        folder = self.path / self.dataset / self.feature_set / key
+        folder = self._folder / key
         if folder.exists():  # left over from a killed run: never trust a group without its marker
             if _group_attrs(folder).get("complete"):
                 return
@@ -238,15 +240,6 @@ class StoreWriter:
             g.update_attributes(attrs)
         self._written[dialogue_id] = (arrays["pooled"], arrays["valid"])
 
-    @property
-    def _folder(self) -> Path:
-        return self.path / self.dataset / self.feature_set
-
-    def _storage_dtype(self) -> np.dtype:
-        if self._dtype_cached is None:
-            self._dtype_cached = self._dtype(self._fs())
-        return self._dtype_cached
-
     # -- end of run (coordinator only) ----------------------------------------------------------------
     def finalize(self, manifest: Manifest) -> dict:
         """Pack pooled rows for fast loading once every dialogue is complete; store the run report."""
@@ -267,10 +260,10 @@ class StoreWriter:
         parts = [self._written.get(i) or (fs[complete[i]]["pooled"][...], fs[complete[i]]["valid"][...]) for i in ids]
         offsets = np.cumsum([0] + [len(v) for _, v in parts]).astype(np.int64)
         dim = int(fs.attrs["dim"])
-        pooled = np.concatenate([p for p, _ in parts]) if parts else np.zeros((0, dim), self._dtype(fs))
+        pooled = np.concatenate([p for p, _ in parts]) if parts else np.zeros((0, dim), self._storage_dtype())
         valid = np.concatenate([v for _, v in parts]) if parts else np.zeros((0,), bool)
         if "packed" in fs:
-            shutil.rmtree(self.path / self.dataset / self.feature_set / "packed", ignore_errors=True)
+            shutil.rmtree(self._folder / "packed", ignore_errors=True)
         g = fs.create_group("packed")
         _put(g, "pooled", pooled, chunks=(max(1, min(len(pooled), 16384)), dim))
         _put(g, "valid", valid)

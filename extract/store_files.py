@@ -1,8 +1,8 @@
 """Direct Zarr v3 file writes for the store's small per-dialogue arrays.
 
-zarr-python spends ~8 ms of CPU per dialogue group (group + two arrays + attributes) in metadata
-objects, codec pipelines and event-loop hops. On a CPU machine that is a third of MiniLM's encoding
-time, taken from the same two cores. A per-dialogue array is one whole chunk, so its files are
+zarr-python spends several ms of CPU per dialogue group (group + two arrays + attributes) in metadata
+objects, codec pipelines and event-loop hops, ~9x what these direct writes cost
+(`tools/bench_extract.py --sections store`); on a CPU machine that time is taken from the encoder. A per-dialogue array is one whole chunk, so its files are
 simple to write by hand: `zarr.json` (the metadata zarr-python itself generated for a template array
 of the same dtype and rank, with the shape filled in) and one zstd-compressed chunk. The result is a
 plain Zarr v3 array that any reader opens (tests/test_store.py compares it with zarr's own writes).

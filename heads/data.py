@@ -168,7 +168,7 @@ class HeadsData:
         task_specs = resolve_tasks(spaces, tasks)
         cols = reader.manifest_columns(dataset)
 
-        cols_split = np.asarray(cols["split"]).astype(object)
+        splits = np.asarray(cols["split"]).astype(object)  # [N], per utterance
         feats, valid, fps, role_stats = {}, {}, {}, {}
         dialogue_offsets = None
         for role, name in roles.items():
@@ -181,7 +181,7 @@ class HeadsData:
                 if stats is not None and role in stats:
                     mean, std = (np.asarray(a, dtype=np.float32) for a in stats[role])
                 else:
-                    mean, std = _train_stats(x[:-1], valid[role] & (cols_split == "train"), f"{dataset}/{name}")
+                    mean, std = _train_stats(x[:-1], valid[role] & (splits == "train"), f"{dataset}/{name}")
                 if mean.shape != (x.shape[1],):
                     raise HeadsError(f"saved feature statistics for role {role!r} have {mean.shape[0]} dims, "
                                      f"{dataset}/{name} has {x.shape[1]}", file=str(store),
@@ -204,7 +204,6 @@ class HeadsData:
                 labels[t.name] = col.astype(np.float32)
 
         offsets = np.asarray(dialogue_offsets, dtype=np.int64)
-        splits = np.asarray(cols["split"]).astype(object)
         data = cls(dataset=dataset, store=str(store), roles=roles, fingerprints=fps, tasks=task_specs,
                    feats=feats, valid=valid, labels=labels,
                    speakers=_speaker_index(np.asarray(cols["speaker"]).astype(object), offsets),

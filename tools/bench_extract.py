@@ -32,9 +32,8 @@ WORDS = ("oh my god i cannot believe you did that again why would anyone say suc
          "no way that is amazing news i am so happy for you both really").split()
 
 
-def synthetic_manifest(n_utts: int, seed: int = 0, media_dir: Path | None = None):
-    """MELD-like utterance lengths (1-30 words, mean ~10) in dialogues of 5-15 turns; with `media_dir`, each
-    utterance also gets a 16 kHz wav of MELD-like duration (0.5-8 s, mean ~3 s): a voiced tone with vibrato."""
+def synthetic_manifest(n_utts: int, seed: int = 0):
+    """MELD-like utterance lengths (1-30 words, mean ~10) in dialogues of 5-15 turns."""
     from merc.data_manifests.labels import MELD_EMOTION
     from merc.data_manifests.manifest import Dialogue, Manifest, Utterance
 
@@ -47,25 +46,11 @@ def synthetic_manifest(n_utts: int, seed: int = 0, media_dir: Path | None = None
         for i in range(n):
             length = int(np.clip(rng.gamma(2.0, 5.0), 1, 30))
             text = " ".join(rng.choice(WORDS, length))
-            media = None
-            if media_dir is not None:
-                media = str(_write_clip(media_dir / f"{d_id}_utt{i}.wav", rng))
             utts.append(Utterance(f"{d_id}_utt{i}", d_id, f"s{i % 3}", text, "train",
-                                  {"emotion": MELD_EMOTION.classes[int(rng.integers(7))]}, media=media))
+                                  {"emotion": MELD_EMOTION.classes[int(rng.integers(7))]}))
         dialogues.append(Dialogue(d_id, "train", utts))
         made += n
     return Manifest("bench", {"emotion": MELD_EMOTION}, dialogues)
-
-
-def _write_clip(path: Path, rng: np.random.Generator) -> Path:
-    import soundfile as sf
-
-    seconds = float(np.clip(rng.gamma(2.0, 1.6), 0.5, 8.0))
-    t = np.arange(int(seconds * 16000)) / 16000
-    f0 = rng.uniform(90, 250) * (1 + 0.05 * np.sin(2 * np.pi * 5 * t))
-    wave = 0.3 * np.sin(2 * np.pi * np.cumsum(f0) / 16000) * (0.6 + 0.4 * np.sin(2 * np.pi * 2 * t))
-    sf.write(path, (wave + 0.01 * rng.standard_normal(len(t))).astype(np.float32), 16000)
-    return path
 
 
 # -- minilm ------------------------------------------------------------------------------------------
@@ -92,17 +77,9 @@ def merc_path(manifest, store: Path, encoder: str = "minilm", workers: int | Non
               dtype: str = "auto") -> tuple[float, np.ndarray]:
     """The whole extraction as merc-extract runs it: workers, batches, store writes, commits, packing."""
     from merc.extract.encoders import EncoderRequest, build_encoder
-    from merc.extract.runner import Extraction
-    from merc.extract.store import StoreReader, StoreWriter
+    from merc.tools.bench_families import run_extraction
 
-    enc = build_encoder(EncoderRequest(encoder, dtype=dtype))
-    writer = StoreWriter(store, manifest.name, encoder)
-    writer.open(manifest, fingerprint=enc.fingerprint(), info=enc.info(), overwrite=True)
-    t0 = time.perf_counter()
-    Extraction(manifest, enc, writer, workers=workers).run()
-    writer.finalize(manifest)
-    seconds = time.perf_counter() - t0
-    return seconds, StoreReader(store).load_pooled(manifest.name, encoder).pooled.astype(np.float32)
+    return run_extraction(build_encoder(EncoderRequest(encoder, dtype=dtype)), manifest, store, workers)
 
 
 def _ratios(pairs: list[tuple[float, float]]) -> str:
@@ -182,10 +159,12 @@ def bench_families(n: int, repeats: int) -> None:
 def bench_opensmile(n: int, tmp: Path, repeats: int) -> None:
     import os
 
+    from merc.tools.bench_families import manifest_of, synthetic_utterances
+
     (tmp / "clips").mkdir()
-    manifest = synthetic_manifest(n, seed=1, media_dir=tmp / "clips")
+    manifest = manifest_of(synthetic_utterances("audio", n, tmp / "clips"))
     seconds_audio = sum(_duration(u.media) for u in manifest.utterances())
-    merc_path(synthetic_manifest(8, seed=2, media_dir=tmp / "clips"), tmp / "warm.zarr", "egemaps", workers=1)
+    merc_path(manifest_of(manifest.dialogues[0].utterances), tmp / "warm.zarr", "egemaps", workers=1)
     ones, twos = [], []
     for k in range(repeats):
         ones.append(merc_path(manifest, tmp / f"one{k}.zarr", "egemaps", workers=1))

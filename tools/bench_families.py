@@ -38,7 +38,7 @@ WORDS = ("oh my god i cannot believe you did that again why would anyone say suc
          "whatever you want we are going to the coffee house later no way that is amazing news").split()
 
 
-def _utterances(media: str, n: int, folder: Path, seed: int = 0) -> list:
+def synthetic_utterances(media: str, n: int, folder: Path, seed: int = 0) -> list:
     """n utterances with MELD-like spread: 1-30 words, 0.5-6 s of audio, 1-4 s of video."""
     from merc.data_manifests.manifest import Utterance
 
@@ -76,25 +76,31 @@ def merc_batched(encoder, utts: list) -> tuple[float, np.ndarray]:
     return time.perf_counter() - t0, np.stack([vectors[u.id] for u in utts])
 
 
-def merc_runner(encoder, utts: list, store: Path, per_dialogue: int = 8) -> tuple[float, np.ndarray]:
-    """What `merc-extract` runs: the Extraction runner with its decode worker processes and the store."""
+def manifest_of(utts: list, per_dialogue: int = 8):
+    """The utterances as a manifest of dialogues of `per_dialogue` turns each."""
     from merc.data_manifests.manifest import Dialogue, Manifest
-    from merc.extract.runner import Extraction
-    from merc.extract.store import StoreReader, StoreWriter
 
     dialogues = []
     for i in range(0, len(utts), per_dialogue):
         d_id = f"d{i // per_dialogue}"
         dialogues.append(Dialogue(d_id, "train", [dataclasses.replace(u, dialogue_id=d_id)
                                                   for u in utts[i: i + per_dialogue]]))
-    manifest = Manifest("bench", {}, dialogues)
-    writer = StoreWriter(store, "bench", "x")
+    return Manifest("bench", {}, dialogues)
+
+
+def run_extraction(encoder, manifest, store: Path, workers: int | None = None) -> tuple[float, np.ndarray]:
+    """The whole extraction as `merc-extract` runs it (decode workers by the default policy unless given,
+    batches, store writes with per-dialogue commits, packing); returns seconds and the stored vectors."""
+    from merc.extract.runner import Extraction
+    from merc.extract.store import StoreReader, StoreWriter
+
+    writer = StoreWriter(store, manifest.name, "x")
     writer.open(manifest, fingerprint=encoder.fingerprint(), info=encoder.info(), overwrite=True)
     t0 = time.perf_counter()
-    Extraction(manifest, encoder, writer).run()
+    Extraction(manifest, encoder, writer, workers=workers).run()
     writer.finalize(manifest)
     seconds = time.perf_counter() - t0
-    return seconds, StoreReader(store).load_pooled("bench", "x").pooled.astype(np.float32)
+    return seconds, StoreReader(store).load_pooled(manifest.name, "x").pooled.astype(np.float32)
 
 
 def plain_loop(family: str, model_dir: Path, utts: list) -> tuple[float, np.ndarray]:
@@ -178,7 +184,7 @@ def bench_family(name: str, n_utts: int = 64, repeats: int = 1, runner: bool = F
     try:
         model_dir = tiny_models.build(kind, tmp / "model")
         (tmp / "media").mkdir()
-        utts = _utterances(media, n_utts, tmp / "media")
+        utts = synthetic_utterances(media, n_utts, tmp / "media")
         encoder = build_encoder(EncoderRequest(f"{prefix}{model_dir}"))
         plain_loop(name, model_dir, utts[:2])  # warm-up: first-call allocations, lazy imports
         merc_batched(encoder, utts[:2])
@@ -190,7 +196,7 @@ def bench_family(name: str, n_utts: int = 64, repeats: int = 1, runner: bool = F
                    "merc_s": merc_s, "speedup": plain_s / merc_s,
                    "max_abs_diff": float(np.abs(plain_vecs - merc_vecs).max())}
             if runner:
-                row["runner_s"], runner_vecs = merc_runner(encoder, utts, tmp / f"store{k}.zarr")
+                row["runner_s"], runner_vecs = run_extraction(encoder, manifest_of(utts), tmp / f"store{k}.zarr")
                 # the store holds fp16: compare at that precision
                 row["max_abs_diff"] = max(row["max_abs_diff"], float(np.abs(
                     plain_vecs.astype(np.float16).astype(np.float32) - runner_vecs).max()))

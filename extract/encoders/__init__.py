@@ -169,6 +169,10 @@ for _short, (_hub_id, _family, _desc) in HUB_MODELS.items():
 
 
 def build_encoder(req: EncoderRequest) -> Encoder:
+    from merc.extract.store import STORE_DTYPES
+
+    if req.store_dtype not in ("auto", *STORE_DTYPES):  # checked before any model loads
+        raise EncoderError(f"unknown --store-dtype {req.store_dtype!r}", fix=f"use auto, {', '.join(STORE_DTYPES)}")
     if req.name in ENCODERS:
         enc = ENCODERS[req.name][0](req)
     else:
@@ -182,8 +186,6 @@ def build_encoder(req: EncoderRequest) -> Encoder:
         enc = build_family(family, req, model_id)
     enc.keep_frames = enc.keep_frames or req.keep_frames
     if req.store_dtype != "auto":
-        if req.store_dtype not in ("float16", "float32"):
-            raise EncoderError(f"unknown --store-dtype {req.store_dtype!r}", fix="use auto, float16 or float32")
         enc.store_dtype = req.store_dtype
     return enc
 
