@@ -100,3 +100,31 @@ def test_workers_ship_trimmed_log_mels_that_restore_exactly(media):
     mel = enc.feature_extractor(samples, sampling_rate=16000, return_tensors="np")["input_features"][0]
     np.testing.assert_array_equal(untrim_mel(trimmed, fill, 3000), mel)
     np.testing.assert_array_equal(untrim_mel(*trim_mel(mel), 3000), mel)
+
+
+@pytest.mark.parametrize("n_samples", [1, 160, 399, 16_123, 47_999, 479_799, 479_900, 480_000])
+@pytest.mark.parametrize("signal", ["noise", "silence"])
+def test_log_mel_over_real_frames_equals_the_extractor_bitwise(n_samples, signal):
+    """The STFT over the clip's own frames gives the extractor's padded 30 s log-mel exactly."""
+    from transformers import WhisperFeatureExtractor
+
+    from merc.extract.encoders.hf_whisper import log_mel_real_frames, untrim_mel
+
+    fe = WhisperFeatureExtractor.from_pretrained(tiny_model("whisper"))
+    rng = np.random.default_rng(n_samples)
+    wave = (0.2 * rng.standard_normal(n_samples) if signal == "noise" else np.zeros(n_samples)).astype(np.float32)
+    trimmed, fill = log_mel_real_frames(wave, fe)
+    assert trimmed.shape[1] <= max(65, n_samples // 160 + 3)  # only the frames that see the clip (64 at least)
+    expected = fe(wave, sampling_rate=16000, return_tensors="np")["input_features"][0]
+    np.testing.assert_array_equal(untrim_mel(trimmed, fill, 3000), expected)
+
+
+def test_extractors_of_another_recipe_take_the_full_window(monkeypatch):
+    from transformers import WhisperFeatureExtractor
+
+    from merc.extract.encoders.hf_whisper import can_trim_stft
+
+    fe = WhisperFeatureExtractor.from_pretrained(tiny_model("whisper"))
+    assert can_trim_stft(fe)
+    monkeypatch.setattr(fe, "dither", 1e-5)  # random noise over the padding too: no shortcut
+    assert not can_trim_stft(fe)

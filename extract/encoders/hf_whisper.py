@@ -3,8 +3,9 @@
 Whisper's encoder only accepts exactly 30 s of log-mel (3000 frames -> 1500 encoder frames, 20 ms
 each), so a short clip is mostly padding. Averaging all 1500 frames would mostly average silence, and
 other tools crop to len(wav)//320 but silently cut clips longer than 30 s. Here:
-- workers cut the clip into consecutive 30 s chunks and compute each chunk's log-mel (the feature
-  extractor pads every chunk to 30 s, as the model was trained);
+- workers cut the clip into consecutive 30 s chunks and compute each chunk's log-mel as the feature
+  extractor does for the chunk padded to 30 s (as the model was trained), but with the STFT run only
+  over the frames that touch real audio: the padded frames' values follow from those (`log_mel_real_frames`);
 - per chunk only the first ceil(mel_frames / 2) encoder frames are kept (mel_frames = samples // 160:
   the frames computed from real audio, e.g. 50 for a 1 s clip), and the chunks' frames are concatenated,
   so a 40 s clip gives 1500 + 500 = 2000 frames - nothing is cut (raise --max-seconds above 30 for that);
@@ -36,6 +37,7 @@ from .hf_text import load_pretrained, weights_hash
 CHUNK_SECONDS = 30
 HOP = 160  # samples per log-mel frame at 16 kHz
 POOLINGS = ("mean",)
+MIN_STFT_FRAMES = 64  # fewer frames put the mel matmul on another BLAS path, 1 ulp off the extractor
 
 
 def real_frames(n_samples: int, max_frames: int) -> int:
@@ -73,6 +75,46 @@ def untrim_mel(trimmed_fm: np.ndarray, fill: float, n_frames: int) -> np.ndarray
     return mel_fm
 
 
+def can_trim_stft(feature_extractor) -> bool:
+    """Whether `log_mel_real_frames` reproduces this extractor: Whisper's recipe without dither."""
+    fe = feature_extractor
+    return (all(hasattr(fe, a) for a in ("n_fft", "hop_length", "n_samples", "mel_filters"))
+            and not getattr(fe, "dither", 0.0) and type(fe).__name__ == "WhisperFeatureExtractor")
+
+
+def log_mel_real_frames(samples: np.ndarray, feature_extractor) -> tuple[np.ndarray, float]:
+    """Whisper's log-mel of one chunk (<= 30 s) zero-padded to 30 s, as `trim_mel` would give it, computed
+    only over the STFT frames whose window touches real audio.
+
+    The feature extractor runs the STFT over all 480,000 samples of the padded window, so a 3 s clip
+    pays for 3,000 frames of which 2,700 see only zeros. Every such frame is log10(1e-10) = -10 before
+    the clamp to (max - 8), which the real frames decide. So the STFT here runs over the clip plus
+    n_fft/2 + 1 zeros (enough that the STFT's reflect padding at the end mirrors zeros too, so each
+    computed frame sees exactly the samples it sees in the padded window), and the tail's fill value
+    follows from the maximum. Same torch.stft, window and mel filters as the extractor's torch path;
+    `tests/test_encoders_whisper.py` checks the result against the extractor itself.
+    """
+    import torch
+
+    fe = feature_extractor
+    n_fft, hop, window_samples = int(fe.n_fft), int(fe.hop_length), int(fe.n_samples)
+    n_frames = window_samples // hop  # the extractor drops the STFT's last frame
+    n = min(len(samples), window_samples)
+    length = min(window_samples, max(n + n_fft // 2 + 1, MIN_STFT_FRAMES * hop))
+    wave = np.zeros(length, np.float32)
+    wave[:n] = samples[:n]
+    with torch.inference_mode():
+        stft = torch.stft(torch.from_numpy(wave), n_fft, hop, window=torch.hann_window(n_fft), return_complex=True)
+        keep = min(stft.shape[-1], n_frames)
+        magnitudes = (stft[..., :keep].abs() ** 2).contiguous()
+        mel_spec = torch.from_numpy(np.asarray(fe.mel_filters, np.float32)).T @ magnitudes
+        log_spec = torch.clamp(mel_spec, min=1e-10).log10()
+        floor = log_spec.max() - 8.0  # the padded frames' -10 never exceeds a computed frame's value
+        log_spec = (torch.maximum(log_spec, floor) + 4.0) / 4.0
+        fill = (torch.maximum(torch.tensor(-10.0), floor) + 4.0) / 4.0  # in float32, as the extractor does
+    return np.ascontiguousarray(log_spec.numpy(), dtype=np.float32), float(fill)
+
+
 class WhisperPreparer(Preparer):
     """Worker side: decode, cut into 30 s chunks, log-mel of every chunk (padded to 30 s, sent trimmed)."""
 
@@ -84,13 +126,17 @@ class WhisperPreparer(Preparer):
         audio = load_audio(utt.media, self.policy, utt.start, utt.end)
         step = CHUNK_SECONDS * self.policy.sample_rate
         chunks = [audio.samples[i: i + step] for i in range(0, len(audio.samples), step)]
-        mels_cfm = self.feature_extractor(chunks, sampling_rate=self.policy.sample_rate, return_tensors="np",
-                                          padding="max_length")["input_features"].astype(np.float32)
+        fe = self.feature_extractor
+        if can_trim_stft(fe):
+            trimmed = [log_mel_real_frames(c, fe) for c in chunks]
+            n_frames = int(fe.n_samples) // int(fe.hop_length)
+        else:  # an extractor of another recipe: the padded window in full, then trimmed
+            mels_cfm = fe(chunks, sampling_rate=self.policy.sample_rate, return_tensors="np",
+                          padding="max_length")["input_features"].astype(np.float32)
+            trimmed, n_frames = [trim_mel(m) for m in mels_cfm], mels_cfm.shape[-1]
         sizes = np.array([len(c) for c in chunks], dtype=np.int64)
-        trimmed = [trim_mel(m) for m in mels_cfm]
         # length counts 30 s chunks in samples: every chunk costs a full 30 s forward pass
-        return Prepared(utt.id, (trimmed, sizes, mels_cfm.shape[-1]), len(chunks) * step,
-                        audio_notes(audio, self.policy))
+        return Prepared(utt.id, (trimmed, sizes, n_frames), len(chunks) * step, audio_notes(audio, self.policy))
 
 
 class WhisperEncoder(Encoder):
