@@ -56,3 +56,37 @@ def test_cli_hf_prefix_dispatches_to_the_speech_llm(tmp_path):
                       "--store", store, "--feature-set", "qa", "--decode-workers", "0")
     assert "3/3 dialogues complete, dim 32, 0 utterance(s) skipped" in out
     assert StoreReader(store).info("manifest", "qa")["fingerprint"]["family"] == "hf-speech-llm"
+
+
+def test_worker_log_mels_give_exactly_the_processors_inputs(items):
+    """Workers ship log-mels of the real frames; the main process rebuilds what the processor would give."""
+    import torch
+
+    from merc.extract.encoders.hf_speech_llm import LogMel
+    from merc.extract.encoders.hf_whisper import log_mel_real_frames
+
+    enc, prepared = items
+    assert enc.fast_inputs and all(isinstance(it.value, LogMel) for it in prepared)
+    rng = np.random.default_rng(3)
+    clips = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in (1, 161, 11_000, 30_400, 480_000)]
+    fe = enc.processor.feature_extractor
+    ours = enc._inputs([LogMel(*log_mel_real_frames(c, fe), len(c)) for c in clips])
+    theirs = enc._processor_inputs(clips)
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_processor_conventions_it_cannot_reproduce_fall_back_to_the_processor(items, tmp_path, monkeypatch):
+    from merc.extract.encoders import hf_speech_llm
+
+    fast, _ = items
+    utt = Utterance("u", "d", "A", "x", "train", media=str(write_wav(tmp_path / "a.wav", 1.3, 210)))
+    expected = fast.encode_batch([fast.preparer()(utt)])[0].pooled
+    real = hf_speech_llm.log_mel_real_frames
+    monkeypatch.setattr(hf_speech_llm, "log_mel_real_frames", lambda s, fe: (real(s, fe)[0] + 1e-3, real(s, fe)[1]))
+    enc = build_encoder(EncoderRequest(f"sllm:{tiny_model('qwen2-audio')}"))
+    assert not enc.fast_inputs  # the start-up probe saw the difference
+    item = enc.preparer()(utt)
+    assert isinstance(item.value, np.ndarray)  # raw samples, for the processor
+    np.testing.assert_allclose(enc.encode_batch([item])[0].pooled, expected, atol=1e-5)

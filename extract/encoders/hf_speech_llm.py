@@ -7,15 +7,20 @@ assistant's answer would start. Vectors are taken from the last hidden layer (or
 - `mean`: the mean over every token after the audio (the instruction and the assistant header).
 Audio-token states themselves are not pooled: they are the audio tower's output, not the LLM's reading.
 
-The processor (Whisper log-mel + tokenizer that expands the audio placeholder into one token per
-audio frame) runs in the main process on each batch; the audio tower always gets full 30 s inputs
-with their own mask, and text is right-padded, so batching does not change a clip's vector (tested).
+Workers compute the clip's Whisper log-mel over its real frames only (`hf_whisper.log_mel_real_frames`,
+bitwise the feature extractor's padded 30 s window), so the main process only restores the window and
+tokenises the prompt with the audio placeholder expanded to one token per audio frame, as the
+processor does; at start-up the encoder checks that this gives the processor's own inputs for a probe
+clip, and hands every batch to the processor when it does not. The audio tower always gets full 30 s
+inputs with their own mask, and text is right-padded, so batching does not change a clip's vector (tested).
 Clips longer than 30 s are cut to 30 s (the audio tower's window) and the cut is reported.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from merc.data_manifests.manifest import Utterance
 from merc.extract.media import AudioPolicy, load_audio
@@ -31,10 +36,12 @@ from ._layers import (
 from .base import FORMAT_VERSION, Encoded, Encoder, EncoderError, Prepared, Preparer
 from .hf_audio import audio_notes
 from .hf_text import load_pretrained, weights_hash
+from .hf_whisper import can_trim_stft, log_mel_real_frames, untrim_mel
 
 POOLINGS = ("last", "mean")
 DEFAULT_INSTRUCTION = "What is the emotion of the speaker?"
 MAX_SECONDS = 30.0
+MODEL_INPUTS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
 
 
 @dataclass
@@ -49,8 +56,11 @@ class SpeechLLMOptions:
 
 
 class SpeechLLMPreparer(Preparer):
-    def __init__(self, policy: AudioPolicy):
+    """Worker side: decode, cut to 30 s, and (with `feature_extractor`) the log-mel of the real frames."""
+
+    def __init__(self, policy: AudioPolicy, feature_extractor=None):
         self.policy = policy
+        self.feature_extractor = feature_extractor
 
     def __call__(self, utt: Utterance) -> Prepared:
         audio = load_audio(utt.media, self.policy, utt.start, utt.end)
@@ -60,8 +70,19 @@ class SpeechLLMPreparer(Preparer):
             notes.append(f"speech LLM: cut {len(audio.samples) / self.policy.sample_rate:.1f} s to "
                          f"{MAX_SECONDS:g} s (the audio tower's window)")
         samples = audio.samples[:limit]
+        value = samples if self.feature_extractor is None else LogMel(
+            *log_mel_real_frames(samples, self.feature_extractor), len(samples))
         # cost: a full 30 s window in the audio tower, plus LLM tokens in proportion to the duration
-        return Prepared(utt.id, samples, limit + len(samples), notes)
+        return Prepared(utt.id, value, limit + len(samples), notes)
+
+
+@dataclass
+class LogMel:
+    """A clip's log-mel as workers ship it: the frames computed from real audio and the padding's fill value."""
+
+    trimmed_fm: np.ndarray
+    fill: float
+    n_samples: int
 
 
 class HFSpeechLLMEncoder(Encoder):
@@ -87,6 +108,44 @@ class HFSpeechLLMEncoder(Encoder):
         self.n_hidden_states = count_hidden_states(self.text_config)
         check_layer_spec(o.layers, self.n_hidden_states)
         self.guard = OomGuard(o.device)
+        self.fast_inputs = self._inputs_match_the_processor()
+
+    def _inputs_match_the_processor(self) -> bool:
+        """Whether `_inputs` from worker log-mels equals the processor's output on a probe clip (else: processor)."""
+        import torch
+
+        fe = getattr(self.processor, "feature_extractor", None)
+        if fe is None or not can_trim_stft(fe) or not hasattr(self.processor, "audio_token"):
+            return False
+        probe = (0.1 * np.sin(np.arange(int(1.37 * self.opts.audio.sample_rate)) / 7.0)).astype(np.float32)
+        try:
+            ours = self._inputs([LogMel(*log_mel_real_frames(probe, fe), len(probe))])
+        except Exception:  # noqa: BLE001 - any surprise in the processor's conventions: use the processor
+            return False
+        theirs = self._processor_inputs([probe])
+        return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    def _processor_inputs(self, clips: list[np.ndarray]) -> dict:
+        inputs = self.processor(text=[self.prompt] * len(clips), audio=clips,
+                                sampling_rate=self.opts.audio.sample_rate, return_tensors="pt", padding=True)
+        return {k: v for k, v in inputs.items() if k in MODEL_INPUTS}
+
+    def _inputs(self, mels: list[LogMel]) -> dict:
+        """The processor's model inputs, from log-mels computed by the workers: the 30 s windows restored,
+        their frame masks, and the prompt with one audio token per audio-tower output frame."""
+        import torch
+
+        fe, tok = self.processor.feature_extractor, self.processor.tokenizer
+        n_frames = int(fe.n_samples) // int(fe.hop_length)
+        mel_lengths = [-(-m.n_samples // int(fe.hop_length)) for m in mels]  # frames whose hop starts in the clip
+        audio_token = self.processor.audio_token
+        texts = [self.prompt.replace(audio_token, audio_token * ((((n - 1) // 2 + 1) - 2) // 2 + 1))
+                 for n in mel_lengths]
+        text = tok(texts, return_tensors="pt", padding=True)
+        features = np.stack([untrim_mel(m.trimmed_fm, m.fill, n_frames) for m in mels])
+        frame_mask = (np.arange(n_frames)[None, :] < np.asarray(mel_lengths)[:, None]).astype(np.int32)
+        return {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
+                "input_features": torch.from_numpy(features), "feature_attention_mask": torch.from_numpy(frame_mask)}
 
     def _prompt(self, instruction: str) -> str:
         """The processor's chat template with one audio and the instruction, up to the assistant's turn."""
@@ -101,7 +160,7 @@ class HFSpeechLLMEncoder(Encoder):
         return int(self.text_config.hidden_size) * layer_multiplier(self.opts.layers, self.n_hidden_states)
 
     def preparer(self) -> Preparer:
-        return SpeechLLMPreparer(self.opts.audio)
+        return SpeechLLMPreparer(self.opts.audio, self.processor.feature_extractor if self.fast_inputs else None)
 
     def batch_budget(self) -> int:
         clips = self.opts.batch_clips or (32 if self.opts.device.startswith("cuda") else 1)
@@ -113,10 +172,9 @@ class HFSpeechLLMEncoder(Encoder):
     def _forward(self, items: list[Prepared]) -> list[Encoded]:
         import torch
 
-        inputs = self.processor(text=[self.prompt] * len(items), audio=[it.value for it in items],
-                                sampling_rate=self.opts.audio.sample_rate, return_tensors="pt", padding=True)
-        inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "input_features",
-                                                           "feature_attention_mask")}
+        values = [it.value for it in items]
+        inputs = (self._inputs(values) if all(isinstance(v, LogMel) for v in values)
+                  else self._processor_inputs(values))
         ids_bt = inputs["input_ids"]
         mask_bt = inputs["attention_mask"].bool()
         positions_t = torch.arange(ids_bt.shape[1])
