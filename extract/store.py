@@ -422,12 +422,28 @@ class StoreReader:
 
     def load_frames(self, dataset: str, feature_set: str, dialogue_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Frame/token sequence of one dialogue and the row offsets of each utterance in it."""
-        fs = self._feature_set(dataset, feature_set)
-        g = fs[dialogue_key(dialogue_id)]
-        if "frames" not in g:
-            raise StoreError(f"{dataset}/{feature_set} has no frames for {dialogue_id}", file=str(self.path),
-                             fix="re-extract with --keep-frames")
-        return g["frames"][...], g["offsets"][...]
+        self._feature_set(dataset, feature_set)
+        return self.dialogue_frames(dataset, feature_set, dialogue_id)
+
+    def dialogue_frames(self, dataset: str, feature_set: str, dialogue_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """`load_frames` without checking the feature set first (callers that read every dialogue check it once).
+
+        The arrays are read straight from their files when merc's writer wrote them (one chunk, the default
+        codecs), which costs a fraction of opening a group and two arrays through zarr-python; else through zarr.
+        """
+        folder = self.path / dataset / feature_set / dialogue_key(dialogue_id)
+        if not (folder / "zarr.json").exists():
+            raise StoreError(f"{dataset}/{feature_set} has no dialogue {dialogue_id!r}", file=str(self.path),
+                             fix="rerun the same merc-extract command; it resumes where it stopped")
+        arrays = {}
+        for name in ("frames", "offsets"):
+            if not (folder / name / "zarr.json").exists():
+                raise StoreError(f"{dataset}/{feature_set} has no frames for {dialogue_id}", file=str(self.path),
+                                 fix="re-extract with --keep-frames")
+            arrays[name] = DialogueFiles.read_array(folder / name)
+            if arrays[name] is None:
+                arrays[name] = self.root[dataset][feature_set][dialogue_key(dialogue_id)][name][...]
+        return arrays["frames"], arrays["offsets"]
 
     # -- status / verify ------------------------------------------------------------------------------
     def status(self) -> list[dict]:

@@ -17,7 +17,7 @@ import torch
 
 from merc.data_manifests.errors import MercError
 from merc.data_manifests.manifest import LabelSpace
-from merc.extract.store import StoreReader, dialogue_key
+from merc.extract.store import StoreError, StoreReader
 
 from .models.base import ROLES, Batch, TaskSpec
 
@@ -333,8 +333,13 @@ def _train_stats(x: np.ndarray, rows: np.ndarray, what: str) -> tuple[np.ndarray
 
 def _compact(x: np.ndarray) -> np.ndarray:
     """float16 in memory (half the RAM and gather traffic) unless values would not fit."""
-    finite = x[np.isfinite(x)]
-    return x.astype(np.float16) if finite.size == 0 or np.abs(finite).max() < 6e4 else x
+    if x.size == 0:
+        return x.astype(np.float16)
+    lo, hi = float(x.min()), float(x.max())  # two reductions, no copy; a NaN or inf makes them non-finite
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        finite = x[np.isfinite(x)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    return x.astype(np.float16) if max(-lo, hi) < 6e4 else x
 
 
 def _rows_of(dialogue_offsets: np.ndarray, dialogues: np.ndarray) -> np.ndarray:
@@ -365,23 +370,22 @@ def _load_frames(reader: StoreReader, dataset: str, feature_set: str, dialogue_i
                          fix="re-extract it with --keep-frames, or pick a head that needs only utterance-level "
                              "features (merc-heads list)")
 
-    group = reader.root[dataset][feature_set]  # opened once: `reader.load_frames` reopens it per dialogue
-
     def one(dia_id: str) -> tuple[np.ndarray, np.ndarray]:
-        g = group[dialogue_key(dia_id)]
-        if "frames" not in g:
-            raise HeadsError(f"{dataset}/{feature_set} has no frames for dialogue {dia_id!r}", file=str(reader.path),
-                             fix="re-extract the feature set with --keep-frames")
-        x, offs = g["frames"][...], g["offsets"][...]
+        try:
+            x, offs = reader.dialogue_frames(dataset, feature_set, dia_id)  # the feature set was checked above
+        except StoreError as err:
+            raise HeadsError(err.finding.problem, file=str(reader.path), fix=err.finding.fix) from None
         counts = np.diff(offs)
         if max_frames is not None:
             counts = np.minimum(counts, max_frames)
-        keep = np.concatenate([np.arange(s, s + c) for s, c in zip(offs[:-1], counts, strict=True)]) \
-            if len(counts) else np.zeros(0, np.int64)
-        x = np.asarray(x[keep], dtype=np.float32)
+        if counts.sum() != len(x):  # some utterances are cut to max_frames
+            keep = np.concatenate([np.arange(s, s + c) for s, c in zip(offs[:-1], counts, strict=True)])
+            x = x[keep]
+        x = x.astype(np.float32)
         if stats is not None:
-            x = (x - stats[0]) / stats[1]
-        return x, counts
+            x -= stats[0]
+            x /= stats[1]
+        return _compact(x), counts  # per dialogue: the whole set never exists in float32 unless it must
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         parts = list(pool.map(one, dialogue_ids))
@@ -391,7 +395,8 @@ def _load_frames(reader: StoreReader, dataset: str, feature_set: str, dialogue_i
                          f"the manifest has {dialogue_offsets[-1]}", file=str(reader.path),
                          fix="re-extract the feature set (merc-extract ... --overwrite --keep-frames)")
     dim = parts[0][0].shape[1] if parts else 1
-    data = _compact(np.concatenate([x for x, _ in parts] + [np.zeros((1, dim), np.float32)]))  # + the zero row
+    # float16 unless some dialogue's values do not fit, then all float32; + the zero row
+    data = np.concatenate([x for x, _ in parts] + [np.zeros((1, dim), np.float16)])
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return Frames(torch.from_numpy(data), offsets)
 

@@ -187,3 +187,15 @@ def test_heads_import_no_encoder_or_media_library():
             "or (m.startswith('merc.extract.') and m not in ('merc.extract.store', 'merc.extract.store_files'))]\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_frames_standardised_with_the_pooled_train_stats():
+    path, names = shared_store("planted")
+    data = HeadsData.load(path, "synth", f"t={names['t']}", frames=True, max_frames=None)
+    frames, offsets = StoreReader(path).load_frames("synth", names["t"], data.dialogue_ids[1])
+    mean, std = data.stats["t"]
+    x, fmask = data.batch([1]).frames["t"]
+    n0 = offsets[1] - offsets[0]
+    expected = (frames[:n0].astype(np.float32) - mean) / std
+    np.testing.assert_allclose(x[0, 0, :n0].numpy(), expected, rtol=1e-3, atol=1e-3)  # float16 in memory
+    assert data.frames["t"].data.dtype == torch.float16

@@ -181,6 +181,52 @@ def test_direct_array_files_equal_what_zarr_writes(tmp_path, array):
     assert ours.metadata == theirs.metadata
     np.testing.assert_array_equal(ours[...], array)
     assert ours[...].dtype == array.dtype
+    # and the direct reader reads both back without zarr, writable
+    for folder in ("ours", "theirs"):
+        back = files.read_array(tmp_path / folder)
+        assert back.dtype == array.dtype and back.flags.writeable
+        np.testing.assert_array_equal(back, array)
+
+
+def test_direct_reads_leave_arrays_stored_other_ways_to_zarr(tmp_path):
+    import zarr
+
+    from merc.extract.store_files import DialogueFiles
+
+    data = np.arange(40, dtype=np.float32).reshape(10, 4)
+    several = zarr.create_array(store=str(tmp_path / "chunked"), shape=data.shape, dtype=data.dtype, chunks=(5, 4))
+    several[...] = data
+    unwritten = zarr.create_array(store=str(tmp_path / "fill"), shape=(3, 4), dtype=np.float32, chunks=(3, 4),
+                                  fill_value=7.0)
+    assert unwritten.nchunks_initialized == 0
+    assert DialogueFiles.read_array(tmp_path / "chunked") is None  # several chunks
+    assert DialogueFiles.read_array(tmp_path / "fill") is None  # no chunk file: zarr knows the fill value
+    assert DialogueFiles.read_array(tmp_path / "nothing") is None
+
+
+def test_frames_read_directly_and_through_zarr_agree(tmp_path, monkeypatch):
+    m = _manifest(n_dialogues=3)
+    w = StoreWriter(tmp_path / "s.zarr", m.name, "feat")
+    w.open(m, fingerprint={"x": 1}, info={"dim": 4})
+    rng = np.random.default_rng(0)
+    for d in m.dialogues:
+        counts = rng.integers(1, 5, len(d.utterances))
+        w.write_dialogue(d.id, rng.standard_normal((len(d.utterances), 4)), np.ones(len(d.utterances), bool),
+                         frames=rng.standard_normal((int(counts.sum()), 4)),
+                         offsets=np.concatenate([[0], np.cumsum(counts)]))
+    w.finalize(m)
+    r = StoreReader(tmp_path / "s.zarr")
+    direct = [r.load_frames(m.name, "feat", d.id) for d in m.dialogues]
+    from merc.extract import store_files
+
+    monkeypatch.setattr(store_files.DialogueFiles, "read_array", staticmethod(lambda folder: None))
+    for d, (frames, offsets) in zip(m.dialogues, direct, strict=True):
+        zf, zo = r.load_frames(m.name, "feat", d.id)  # now through zarr-python
+        np.testing.assert_array_equal(frames, zf)
+        np.testing.assert_array_equal(offsets, zo)
+        assert frames.dtype == zf.dtype == np.float16 and offsets.dtype == zo.dtype
+    with pytest.raises(StoreError, match="no dialogue 'nope'"):
+        r.load_frames(m.name, "feat", "nope")
 
 
 def test_dialogue_groups_commit_atomically_and_fallback_writes_the_same(tmp_path, monkeypatch):

@@ -47,6 +47,37 @@ def build_meld_sized(path: Path, frames: int) -> dict[str, str]:
     return build_store(path, spec, dataset="meld")
 
 
+def frames_read_ratio(reader, feature_set: str, repeats: int = 3) -> str:
+    """merc's direct file reads of each dialogue's frames against the zarr-python API, interleaved, same arrays."""
+    import zarr
+
+    from merc.extract.store import dialogue_key
+
+    ids = [d.id for d in reader.manifest("meld").dialogues]
+
+    def via_zarr():
+        fs = zarr.open_group(str(reader.path), mode="r")["meld"][feature_set]
+        return [(g["frames"][...], g["offsets"][...]) for g in (fs[dialogue_key(i)] for i in ids)]
+
+    def via_merc():
+        return [reader.dialogue_frames("meld", feature_set, i) for i in ids]
+
+    times: dict[str, list[float]] = {"zarr": [], "merc": []}
+    for _ in range(repeats):
+        for name, fn in (("zarr", via_zarr), ("merc", via_merc)):
+            t0 = time.perf_counter()
+            got = fn()
+            times[name].append(time.perf_counter() - t0)
+            if name == "zarr":
+                expected = got
+            else:
+                assert all(np.array_equal(a, b) for pair in zip(expected, got, strict=True)
+                           for a, b in zip(*pair, strict=True)), "direct reads differ from zarr's"
+    z, m = np.median(times["zarr"]), np.median(times["merc"])
+    return (f"zarr-python {z:.2f}s, merc direct {m:.2f}s, {z / m:.1f}x "
+            f"(medians of {repeats}, {len(ids)} dialogues, arrays equal)")
+
+
 def matmul_gflops(dtype: torch.dtype, n: int = 1024, seconds: float = 2.0) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
@@ -151,6 +182,8 @@ def main() -> None:
             t0 = time.perf_counter()
             data_frames = HeadsData.load(str(store), "meld", features, frames=True, max_frames=args.frames)
             print(f"store -> memory with frames ({args.frames}/utterance): {time.perf_counter() - t0:.2f}s")
+            print(f"reading every dialogue's frames + offsets of {fsets[0]} (the raw reads inside that load): "
+                  f"{frames_read_ratio(reader, fsets[0])}")
         for label in ("first pass", "again"):
             t0 = time.perf_counter()
             n = sum(1 for _ in data.batches("train", 16, shuffle=True, generator=np.random.default_rng(0)))
@@ -163,7 +196,7 @@ def main() -> None:
         print(f"matmul 1024^3: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
 
         rows = []
-        for name in args.heads.split(","):
+        for name in filter(None, args.heads.split(",")):  # --heads "": load timings only
             cls = head_class(name)
             d = data_frames if "frames" in cls.levels else data
             if d is None:
