@@ -9,7 +9,10 @@ Sections (all by default; `--sections minilm,families,opensmile` picks some):
 - opensmile: eGeMAPS functionals with 1 worker process against 2 (the runner's default on 2 cores),
              whole extraction into a store; the two stores must be bitwise equal;
 - store:     the cost of committing one dialogue: merc's direct Zarr v3 file writes against the
-             zarr-python API it falls back to.
+             zarr-python API it falls back to;
+- media:     Whisper's log-mel over the real frames (`log_mel_real_frames`) against the feature
+             extractor on the padded 30 s window (bitwise equality checked), and video decoding with
+             PyAV's frame threads against its default, on short synthetic clips.
 
 Each ratio comes from two timings taken in this one process, so it does not depend on the machine's
 load at another time.
@@ -225,7 +228,71 @@ def bench_store(n_dialogues: int, tmp: Path, repeats: int) -> None:
     print(f"speed-up: {_ratios(list(zip(slow, fast, strict=True)))}; same arrays read back: {same}")
 
 
-SECTIONS = ("minilm", "families", "opensmile", "store")
+# -- media -----------------------------------------------------------------------------------------------
+
+def bench_media(n_clips: int, tmp: Path, repeats: int) -> None:
+    """The two media costs merc cut: Whisper's padded-window log-mel, and PyAV frame threads on small clips."""
+    import av
+    import soundfile as sf
+    from transformers import AutoFeatureExtractor
+
+    from merc.extract.encoders.hf_whisper import log_mel_real_frames, untrim_mel
+    from merc.tools import tiny_models
+    from merc.tools.bench_families import synthetic_utterances
+    from merc.tools.tiny_models import write_video
+
+    fe = AutoFeatureExtractor.from_pretrained(tiny_models.build("whisper", tmp / "w"))
+    (tmp / "clips").mkdir()
+    waves = [sf.read(u.media, dtype="float32")[0] for u in synthetic_utterances("audio", n_clips, tmp / "clips")]
+    seconds = sum(len(w) for w in waves) / 16000
+
+    def extractor():
+        return [fe(w, sampling_rate=16000, return_tensors="np")["input_features"][0] for w in waves]
+
+    def real_frames():
+        return [untrim_mel(*log_mel_real_frames(w, fe), 3000) for w in waves]
+
+    slow, fast = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        expected = extractor()
+        slow.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        got = real_frames()
+        fast.append(time.perf_counter() - t0)
+    equal = all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
+    print(f"\n[media] Whisper log-mel of {n_clips} clips ({seconds / n_clips:.1f} s mean), {repeats} repeats")
+    print(f"  feature extractor, padded 30 s window: {np.median(slow) / n_clips * 1e3:6.2f} ms/clip")
+    print(f"  merc, frames that touch the clip:      {np.median(fast) / n_clips * 1e3:6.2f} ms/clip")
+    print(f"  speed-up: {_ratios(list(zip(slow, fast, strict=True)))}; bitwise equal: {equal}")
+
+    kinds = {"32x32, flat colours": [write_video(tmp / f"s{i}.mp4", 1 + i % 4, size=32, seed=i) for i in range(64)],
+             "360x360, noisy, 24 fps": [write_video(tmp / f"n{i}.mp4", 3, fps=24, size=360, seed=i, noise=12)
+                                        for i in range(6)]}
+
+    def decode(paths: list[Path], thread_type: str | None) -> float:
+        t0 = time.perf_counter()
+        for path in paths:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                if thread_type:
+                    stream.thread_type = thread_type
+                for _ in container.decode(stream):
+                    pass
+        return time.perf_counter() - t0
+
+    print(f"  video decoding, every frame, PyAV default (merc) vs frame threads (thread_type AUTO), {repeats} repeats")
+    for label, paths in kinds.items():
+        decode(paths, None)
+        default, threads = [], []
+        for _ in range(repeats):
+            default.append(decode(paths, None))
+            threads.append(decode(paths, "AUTO"))
+        print(f"  {label:24s} ({len(paths)} clips): default {np.median(default):.3f} s, frame threads "
+              f"{np.median(threads):.3f} s; frame threads are {_ratios(list(zip(threads, default, strict=True)))} slower")
+
+
+SECTIONS = ("minilm", "families", "opensmile", "store", "media")
 
 
 def main() -> None:
@@ -260,6 +327,8 @@ def main() -> None:
             bench_opensmile(args.clips, tmp, args.repeats)
         if "store" in sections:
             bench_store(300, tmp, args.repeats)
+        if "media" in sections:
+            bench_media(64, tmp, args.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -211,8 +211,9 @@ def build(kind: str, folder: Path) -> Path:
 
 
 def write_video(path: Path, seconds: float, fps: int = 10, size: int = 32, seed: int = 0,
-                with_audio: bool = False) -> Path:
-    """An mp4 (H.264, yuv420p) whose colour drifts over time, optionally with a mono AAC tone."""
+                with_audio: bool = False, noise: int = 0) -> Path:
+    """An mp4 (H.264, yuv420p) whose colour drifts over time, optionally with a mono AAC tone; `noise` adds
+    per-pixel noise of that amplitude, which makes the clip as costly to decode as camera footage."""
     import av
 
     rng = np.random.default_rng(seed)
@@ -226,6 +227,8 @@ def write_video(path: Path, seconds: float, fps: int = 10, size: int = 32, seed:
             img = np.zeros((size, size, 3), np.uint8)
             img[...] = (base + 5 * i) % 255
             img[: size // 2, : size // 2] = 255 - img[: size // 2, : size // 2]
+            if noise:
+                img = np.clip(img.astype(np.int16) + rng.integers(-noise, noise + 1, img.shape), 0, 255).astype(np.uint8)
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             for packet in stream.encode(frame):
                 out.mux(packet)
