@@ -78,11 +78,15 @@ def test_fingerprint_follows_layers_pooling_and_prompt():
     assert _llm().fingerprint() == base
 
 
-def test_bad_templates_adapter_without_peft_and_bf16(dialogue):
+def test_bad_templates_adapter_without_peft_and_bf16(dialogue, monkeypatch):
     with pytest.raises(EncoderError, match=r"\{text\} exactly once"):
         _llm(prompt_template="{context}{speaker}")
+    with pytest.raises(EncoderError, match="adapter folder not found"):
+        _llm(adapter="some/adapter")
+    monkeypatch.setitem(__import__("sys").modules, "peft", None)  # as if peft were not installed
     with pytest.raises(EncoderError, match="pip install peft"):
         _llm(adapter="some/adapter")
+    monkeypatch.undo()
     enc = _llm()
     items = _encode(enc, dialogue)
     fp32 = enc.encode_batch(items)
@@ -105,3 +109,26 @@ def test_cli_llm_with_context_and_hf_dispatch(tmp_path):
     out = extract_cli("--dataset", "manifest", "--root", corpus, "--encoder", f"hf:{tiny_model('roberta')}",
                       "--prompt-context", "2", "--store", store, code=2)
     assert "--prompt-context applies to llm encoders" in out
+
+
+def test_lora_adapter_is_merged_like_a_merged_checkpoint(dialogue, tmp_path):
+    """--adapter: a PEFT LoRA adapter on the tiny LM gives the vectors of the same LoRA merged and saved."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = tiny_model("llama")
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    lora.merge_and_unload().save_pretrained(tmp_path / "merged")
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp_path / "merged")
+
+    with_adapter = _llm(adapter=str(tmp_path / "adapter"))
+    merged = build_encoder(EncoderRequest(f"llm:{tmp_path / 'merged'}"))
+    base = _llm()
+    items = _encode(base, dialogue)
+    got = [e.pooled for e in with_adapter.encode_batch(items)]
+    for a, b, c in zip(got, merged.encode_batch(items), base.encode_batch(items), strict=True):
+        np.testing.assert_allclose(a, b.pooled, atol=1e-5)
+        assert not np.allclose(a, c.pooled, atol=1e-3)  # the adapter does change the features
+    assert with_adapter.fingerprint()["adapter"] != base.fingerprint()["adapter"]
