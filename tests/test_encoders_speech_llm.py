@@ -90,3 +90,45 @@ def test_processor_conventions_it_cannot_reproduce_fall_back_to_the_processor(it
     item = enc.preparer()(utt)
     assert isinstance(item.value, np.ndarray)  # raw samples, for the processor
     np.testing.assert_allclose(enc.encode_batch([item])[0].pooled, expected, atol=1e-5)
+
+
+def test_audio_tower_over_the_clips_own_frames_gives_the_full_windows_states(items):
+    """Qwen2-Audio masks the padding: the tower over the batch's cut window equals the 30 s window's."""
+    from merc.extract.encoders.audio_tower import window_frames
+    from merc.extract.encoders.hf_speech_llm import LogMel
+    from merc.extract.encoders.hf_whisper import log_mel_real_frames
+
+    enc, _ = items
+    assert enc.short_window
+    fe = enc.processor.feature_extractor
+    rng = np.random.default_rng(5)
+    clips = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in (1, 161, 5_000, 11_000, 30_401, 64_000)]
+    mels = [LogMel(*log_mel_real_frames(c, fe), len(c)) for c in clips]
+    assert enc._inputs(mels, short=True)["input_features"].shape[-1] == window_frames(
+        [-(-len(c) // 160) for c in clips], [m.trimmed_fm.shape[1] for m in mels], 3000) == 402  # not 3000
+    short, full = enc._answer_states(mels, short=True), enc._answer_states(mels, short=False)
+    for a, b in zip(short, full, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # each clip alone (a different cut) gives the same states too
+    for mel, b in zip(mels, full, strict=True):
+        np.testing.assert_allclose(enc._answer_states([mel], short=True)[0], b, atol=1e-5)
+
+
+def test_window_frames_reach_past_every_clip_and_stay_even():
+    from merc.extract.encoders.audio_tower import window_frames
+
+    assert window_frames([100], [65], 3000) == 102 and window_frames([101], [65], 3000) == 104
+    assert window_frames([10, 50], [65, 65], 3000) == 66  # the shipped frames reach further
+    assert window_frames([2999], [3000], 3000) == 3000  # never past the window
+
+
+def test_a_tower_that_does_not_match_the_full_window_is_not_cut(items, monkeypatch):
+    from merc.extract.encoders import audio_tower
+
+    fast, prepared = items
+    expected = fast.encode_batch(prepared[:1])[0].pooled
+    real = audio_tower.inputs_embeds
+    monkeypatch.setattr(audio_tower, "inputs_embeds", lambda *a: real(*a) * 1.01)
+    enc = build_encoder(EncoderRequest(f"sllm:{tiny_model('qwen2-audio')}"))
+    assert enc.fast_inputs and not enc.short_window  # the start-up probe saw the difference
+    np.testing.assert_allclose(enc.encode_batch(prepared[:1])[0].pooled, expected, atol=1e-5)

@@ -11,8 +11,12 @@ Workers compute the clip's Whisper log-mel over its real frames only (`hf_whispe
 bitwise the feature extractor's padded 30 s window), so the main process only restores the window and
 tokenises the prompt with the audio placeholder expanded to one token per audio frame, as the
 processor does; at start-up the encoder checks that this gives the processor's own inputs for a probe
-clip, and hands every batch to the processor when it does not. The audio tower always gets full 30 s
-inputs with their own mask, and text is right-padded, so batching does not change a clip's vector (tested).
+clip, and hands every batch to the processor when it does not.
+
+Qwen2-Audio's tower masks the padding, so it runs over the batch's clips cut a little past the longest
+one instead of the whole 30 s window (`audio_tower`): the same vectors to float rounding, checked
+against the full window on probe clips at start-up (else the full window is used), and a 2 s clip no
+longer pays for 30 s. Text is right-padded, so batching does not change a clip's vector (tested).
 Clips longer than 30 s are cut to 30 s (the audio tower's window) and the cut is reported.
 """
 
@@ -25,6 +29,7 @@ import numpy as np
 from merc.data_manifests.manifest import Utterance
 from merc.extract.media import AudioPolicy, load_audio
 
+from . import audio_tower
 from ._device import OomGuard, check_device, resolve_dtype, to_device
 from ._layers import (
     check_layer_spec,
@@ -33,6 +38,7 @@ from ._layers import (
     needs_hidden_states,
     select_layers,
 )
+from .audio_tower import mel_lengths_of, supports_short_window, window_frames
 from .base import FORMAT_VERSION, Encoded, Encoder, EncoderError, Prepared, Preparer
 from .hf_audio import audio_notes
 from .hf_text import load_pretrained, weights_hash
@@ -49,7 +55,7 @@ class SpeechLLMOptions:
     pooling: str = "last"
     layers: str = "last"
     instruction: str = DEFAULT_INSTRUCTION
-    batch_clips: int = 0  # clips of 30 s per batch; 0 = 1 on CPU (its 30 s attention does not gain), 32 on CUDA
+    batch_clips: int = 0  # 30 s of audio (x2: tower and LLM tokens) per batch; 0 = 1 on CPU, 32 on CUDA
     device: str = "cpu"
     dtype: str = "auto"
     audio: AudioPolicy = field(default_factory=AudioPolicy)
@@ -58,9 +64,10 @@ class SpeechLLMOptions:
 class SpeechLLMPreparer(Preparer):
     """Worker side: decode, cut to 30 s, and (with `feature_extractor`) the log-mel of the real frames."""
 
-    def __init__(self, policy: AudioPolicy, feature_extractor=None):
+    def __init__(self, policy: AudioPolicy, feature_extractor=None, short_window: bool = False):
         self.policy = policy
         self.feature_extractor = feature_extractor
+        self.short_window = short_window
 
     def __call__(self, utt: Utterance) -> Prepared:
         audio = load_audio(utt.media, self.policy, utt.start, utt.end)
@@ -72,8 +79,10 @@ class SpeechLLMPreparer(Preparer):
         samples = audio.samples[:limit]
         value = samples if self.feature_extractor is None else LogMel(
             *log_mel_real_frames(samples, self.feature_extractor), len(samples))
-        # cost: a full 30 s window in the audio tower, plus LLM tokens in proportion to the duration
-        return Prepared(utt.id, value, limit + len(samples), notes)
+        # cost: the audio tower's window (the clip with the short window, else a full 30 s) plus LLM tokens in
+        # proportion to the duration; the short window counts 1 s for the prompt's own tokens
+        tower = len(samples) + self.policy.sample_rate if self.short_window else limit
+        return Prepared(utt.id, value, tower + len(samples), notes)
 
 
 @dataclass
@@ -109,6 +118,7 @@ class HFSpeechLLMEncoder(Encoder):
         check_layer_spec(o.layers, self.n_hidden_states)
         self.guard = OomGuard(o.device)
         self.fast_inputs = self._inputs_match_the_processor()
+        self.short_window = self.fast_inputs and supports_short_window(self.model) and self._short_window_matches()
 
     def _inputs_match_the_processor(self) -> bool:
         """Whether `_inputs` from worker log-mels equals the processor's output on a probe clip (else: processor)."""
@@ -125,19 +135,42 @@ class HFSpeechLLMEncoder(Encoder):
         theirs = self._processor_inputs([probe])
         return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
+    def _short_window_matches(self) -> bool:
+        """Whether the audio tower over the clips' own frames gives the full window's states on probe clips."""
+        fe = self.processor.feature_extractor
+        rate = self.opts.audio.sample_rate
+        probes = [(0.1 * np.sin(np.arange(int(sec * rate)) / (5.0 + sec))).astype(np.float32) for sec in (1.37, 0.41)]
+        mels = [LogMel(*log_mel_real_frames(p, fe), len(p)) for p in probes]
+        try:
+            short = self._answer_states(mels, short=True)
+        except Exception:  # noqa: BLE001 - a model this module does not know after all: the full window
+            return False
+        full = self._answer_states(mels, short=False)
+        scale = max(1.0, max(float(np.abs(f).max()) for f in full))
+        tol = 1e-4 if self.dtype is None or "float32" in str(self.dtype) else 3e-2
+        return all(a.shape == b.shape and float(np.abs(a - b).max()) <= tol * scale
+                   for a, b in zip(short, full, strict=True))
+
+    def _answer_states(self, mels: list[LogMel], short: bool) -> list[np.ndarray]:
+        tokens_btd, answer_bt, _ = self._states(self._inputs(mels, short), short)
+        return [tokens_btd[i][answer_bt[i]].numpy() for i in range(len(mels))]
+
     def _processor_inputs(self, clips: list[np.ndarray]) -> dict:
         inputs = self.processor(text=[self.prompt] * len(clips), audio=clips,
                                 sampling_rate=self.opts.audio.sample_rate, return_tensors="pt", padding=True)
         return {k: v for k, v in inputs.items() if k in MODEL_INPUTS}
 
-    def _inputs(self, mels: list[LogMel]) -> dict:
+    def _inputs(self, mels: list[LogMel], short: bool = False) -> dict:
         """The processor's model inputs, from log-mels computed by the workers: the 30 s windows restored,
-        their frame masks, and the prompt with one audio token per audio-tower output frame."""
+        their frame masks, and the prompt with one audio token per audio-tower output frame. With `short`,
+        the windows are cut past the batch's longest clip (`audio_tower.window_frames`)."""
         import torch
 
         fe, tok = self.processor.feature_extractor, self.processor.tokenizer
         n_frames = int(fe.n_samples) // int(fe.hop_length)
-        mel_lengths = [-(-m.n_samples // int(fe.hop_length)) for m in mels]  # frames whose hop starts in the clip
+        mel_lengths = mel_lengths_of([m.n_samples for m in mels], int(fe.hop_length)).tolist()
+        if short:
+            n_frames = window_frames(mel_lengths, [m.trimmed_fm.shape[1] for m in mels], n_frames)
         audio_token = self.processor.audio_token
         texts = [self.prompt.replace(audio_token, audio_token * ((((n - 1) // 2 + 1) - 2) // 2 + 1))
                  for n in mel_lengths]
@@ -160,7 +193,8 @@ class HFSpeechLLMEncoder(Encoder):
         return int(self.text_config.hidden_size) * layer_multiplier(self.opts.layers, self.n_hidden_states)
 
     def preparer(self) -> Preparer:
-        return SpeechLLMPreparer(self.opts.audio, self.processor.feature_extractor if self.fast_inputs else None)
+        return SpeechLLMPreparer(self.opts.audio, self.processor.feature_extractor if self.fast_inputs else None,
+                                 self.short_window)
 
     def batch_budget(self) -> int:
         clips = self.opts.batch_clips or (32 if self.opts.device.startswith("cuda") else 1)
@@ -170,31 +204,48 @@ class HFSpeechLLMEncoder(Encoder):
         return self.guard.run(self._forward, items)
 
     def _forward(self, items: list[Prepared]) -> list[Encoded]:
-        import torch
 
         values = [it.value for it in items]
-        inputs = (self._inputs(values) if all(isinstance(v, LogMel) for v in values)
-                  else self._processor_inputs(values))
-        ids_bt = inputs["input_ids"]
-        mask_bt = inputs["attention_mask"].bool()
-        positions_t = torch.arange(ids_bt.shape[1])
-        after_audio_b = torch.stack([
-            (positions_t[ids_bt[i] == self.audio_eos_id].max() if (ids_bt[i] == self.audio_eos_id).any()
-             else torch.tensor(-1)) for i in range(len(items))])
-        answer_bt = mask_bt & (positions_t[None, :] > after_audio_b[:, None])
-        last_b = (mask_bt.long() * positions_t[None, :]).max(1).values
-        inputs = to_device(inputs, self.opts.device, self.dtype)
-        with torch.inference_mode():
-            out = self.model(**inputs, output_hidden_states=needs_hidden_states(self.opts.layers), use_cache=False)
-            tokens_btd = out.last_hidden_state if self.opts.layers == "last" else select_layers(
-                out.hidden_states, self.opts.layers)
-            tokens_btd = tokens_btd.float().cpu()
+        mels = all(isinstance(v, LogMel) for v in values)
+        short = mels and self.short_window
+        inputs = self._inputs(values, short) if mels else self._processor_inputs(values)
+        tokens_btd, answer_bt, last_b = self._states(inputs, short)
         results = []
         for i in range(len(items)):
             answer_td = tokens_btd[i][answer_bt[i]]
             pooled = tokens_btd[i, last_b[i]] if self.opts.pooling == "last" else answer_td.mean(0)
             results.append(Encoded(pooled.numpy(), answer_td.numpy() if self.keep_frames else None))
         return results
+
+    def _states(self, inputs: dict, short: bool):
+        """Hidden states [B, T, D] of the chosen layer(s), the answer-side token mask [B, T], the last token [B].
+
+        With `short`, the audio tower runs over the cut windows (`audio_tower.inputs_embeds`) and the
+        language model gets the merged embeddings; otherwise the model's own forward does both."""
+        import torch
+
+        ids_bt = inputs["input_ids"]
+        mask_bt = inputs["attention_mask"].bool()
+        positions_t = torch.arange(ids_bt.shape[1])
+        after_audio_b = torch.stack([
+            (positions_t[ids_bt[i] == self.audio_eos_id].max() if (ids_bt[i] == self.audio_eos_id).any()
+             else torch.tensor(-1)) for i in range(len(ids_bt))])
+        answer_bt = mask_bt & (positions_t[None, :] > after_audio_b[:, None])
+        last_b = (mask_bt.long() * positions_t[None, :]).max(1).values
+        inputs = to_device(inputs, self.opts.device, self.dtype)
+        hidden = needs_hidden_states(self.opts.layers)
+        with torch.inference_mode():
+            if short:
+                embeds = audio_tower.inputs_embeds(self.model, inputs["input_ids"], inputs["input_features"],
+                                                   inputs["feature_attention_mask"].sum(-1))
+                out = self.model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+                                 output_hidden_states=hidden, use_cache=False)
+            else:
+                out = self.model(**inputs, output_hidden_states=hidden, use_cache=False)
+            tokens_btd = out.last_hidden_state if self.opts.layers == "last" else select_layers(
+                out.hidden_states, self.opts.layers)
+            tokens_btd = tokens_btd.float().cpu()
+        return tokens_btd, answer_bt, last_b
 
     def fingerprint(self) -> dict:
         o = self.opts
