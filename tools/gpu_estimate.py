@@ -1,4 +1,5 @@
-"""Estimate one-GPU extraction throughput for data2vec-base and whisper-large-v3 from FLOP counts.
+"""Estimate one-GPU extraction throughput for data2vec-base and whisper-large-v3 from FLOP counts, and what
+cutting Qwen2-Audio's tower window to the clip saves.
 
 No weights and no GPU needed: the published architectures are built from their configs on the `meta`
 device and one forward pass per input shape is counted with torch.utils.flop_counter.FlopCounterMode.
@@ -53,6 +54,25 @@ def whisper_large_v3_encoder_flops() -> tuple[float, int]:
         return flops(encoder, torch.zeros(1, 128, 3000)), params
 
 
+def qwen2_audio_tower_flops(seconds: float) -> tuple[float, float, int]:
+    """FLOPs of Qwen2-Audio's audio tower (the config defaults are Qwen2-Audio-7B's) on one clip of `seconds`:
+    over the full 30 s window as the model's forward runs it, and over merc's window cut past the clip."""
+    import torch
+    import transformers as tf
+
+    from merc.extract.encoders.audio_tower import mel_lengths_of, tower_states, window_frames
+
+    cfg = tf.Qwen2AudioEncoderConfig()
+    mel = int(mel_lengths_of([int(seconds * 16000)], 160)[0])
+    cut = window_frames([mel], [mel + 3], 3000)  # + the STFT window's overlap that workers ship
+    with torch.device("meta"):
+        tower = tf.models.qwen2_audio.modeling_qwen2_audio.Qwen2AudioEncoder(cfg).eval()
+        params = sum(p.numel() for p in tower.parameters())
+        full = flops(lambda x: tower_states(tower, x), torch.zeros(1, cfg.num_mel_bins, 3000))
+        short = flops(lambda x: tower_states(tower, x), torch.zeros(1, cfg.num_mel_bins, cut))
+    return full, short, params
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
@@ -69,6 +89,10 @@ def main() -> None:
     print(f"{'model':26s} {'params':>8s} {'input':>12s} {'GFLOP/clip':>11s}")
     for name, params, what, f in rows:
         print(f"{name:26s} {params / 1e6:7.0f}M {what:>12s} {f / 1e9:11.1f}")
+    full, short, params = qwen2_audio_tower_flops(args.clip_seconds)
+    print(f"{'Qwen2-Audio audio tower':26s} {params / 1e6:7.0f}M {'30 s window':>12s} {full / 1e9:11.1f}")
+    print(f"{'  merc: window cut to clip':26s} {'':8s} {f'{args.clip_seconds:g} s clip':>12s} {short / 1e9:11.1f}"
+          f"   ({full / short:.1f}x fewer; the language model's share is unchanged)")
     print(f"\nclips per second at {args.mfu:.0%} of the dense peak, and the model time for MELD's 13,708 utterances")
     print(f"{'GPU':22s} {'peak TF/s':>9s} " + " ".join(f"{n:>34s}" for n, *_ in rows))
     for gpu, peak in GPUS.items():

@@ -34,6 +34,20 @@ def window_frames(mel_lengths: list[int], trimmed_lengths: list[int], full_frame
     return min(full_frames, need + need % 2)
 
 
+def tower_states(tower, features_bfm, attention_mask=None):
+    """`Qwen2AudioEncoder.forward` on a window of any length M: [B, n_mels, M] -> [B, M // 4, d] pooled states."""
+    from torch import nn
+
+    x = features_bfm.to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
+    x = nn.functional.gelu(tower.conv1(x))
+    x_btd = nn.functional.gelu(tower.conv2(x)).permute(0, 2, 1)
+    hidden_btd = x_btd + tower.embed_positions.weight[: x_btd.shape[1]]
+    for layer in tower.layers:
+        hidden_btd = layer(hidden_btd, attention_mask)
+    hidden_btd = tower.avg_pooler(hidden_btd.permute(0, 2, 1)).permute(0, 2, 1)
+    return tower.layer_norm(hidden_btd)
+
+
 def inputs_embeds(model, input_ids_bt, features_bfm, mel_lengths_b):
     """The language model's input embeddings with each clip's audio features in its audio-token slots.
 
@@ -41,23 +55,16 @@ def inputs_embeds(model, input_ids_bt, features_bfm, mel_lengths_b):
     mel frames per clip (the processor's feature_attention_mask sums).
     """
     import torch
-    from torch import nn
     from transformers.masking_utils import create_bidirectional_mask
 
     tower = model.audio_tower
-    x = features_bfm.to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
-    x = nn.functional.gelu(tower.conv1(x))
-    x_btd = nn.functional.gelu(tower.conv2(x)).permute(0, 2, 1)
-    batch, positions, _ = x_btd.shape
-    hidden_btd = x_btd + tower.embed_positions.weight[:positions]
-    feat_lengths_b, out_lengths_b = tower._get_feat_extract_output_lengths(mel_lengths_b.to(x_btd.device))
-    real_bt = torch.arange(positions, device=x_btd.device)[None, :] < feat_lengths_b[:, None]
+    batch, positions = features_bfm.shape[0], (features_bfm.shape[-1] - 1) // 2 + 1  # conv2's stride 2
+    device = tower.conv1.weight.device
+    feat_lengths_b, out_lengths_b = tower._get_feat_extract_output_lengths(mel_lengths_b.to(device))
+    real_bt = torch.arange(positions, device=device)[None, :] < feat_lengths_b[:, None]
     mask = create_bidirectional_mask(config=tower.config, inputs_embeds=torch.zeros(
-        (batch, positions, 1), dtype=hidden_btd.dtype, device=hidden_btd.device), attention_mask=real_bt.long())
-    for layer in tower.layers:
-        hidden_btd = layer(hidden_btd, mask)
-    hidden_btd = tower.avg_pooler(hidden_btd.permute(0, 2, 1)).permute(0, 2, 1)
-    audio_btd = model.multi_modal_projector(tower.layer_norm(hidden_btd))
+        (batch, positions, 1), dtype=tower.conv1.weight.dtype, device=device), attention_mask=real_bt.long())
+    audio_btd = model.multi_modal_projector(tower_states(tower, features_bfm, mask))
     keep_bt = torch.arange(audio_btd.shape[1], device=audio_btd.device)[None, :] < out_lengths_b[:, None]
     text_btd = model.get_input_embeddings()(input_ids_bt.to(audio_btd.device))
     slots_bt1 = (input_ids_bt == model.config.audio_token_id).unsqueeze(-1).to(text_btd.device)
