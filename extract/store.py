@@ -257,7 +257,8 @@ class StoreWriter:
 
     def _pack(self, fs: zarr.Group, manifest: Manifest, complete: dict[str, str]) -> None:
         ids = [d.id for d in manifest.dialogues]
-        parts = [self._written.get(i) or (fs[complete[i]]["pooled"][...], fs[complete[i]]["valid"][...]) for i in ids]
+        parts = [self._written.get(i) or tuple(_read_arrays(self._folder / complete[i], ("pooled", "valid")))
+                 for i in ids]
         offsets = np.cumsum([0] + [len(v) for _, v in parts]).astype(np.int64)
         dim = int(fs.attrs["dim"])
         pooled = np.concatenate([p for p, _ in parts]) if parts else np.zeros((0, dim), self._storage_dtype())
@@ -290,16 +291,34 @@ def _plain(obj):
     return obj
 
 
+def finite_abs_max(values: np.ndarray) -> float:
+    """The largest |value| among the finite ones (0 if none): two reductions, no copy unless NaN/inf are present."""
+    if values.size == 0:
+        return 0.0
+    lo, hi = float(values.min()), float(values.max())  # a NaN or inf makes them non-finite
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        finite = values[np.isfinite(values)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    return max(-lo, hi)
+
+
 def _cast(values: np.ndarray, dtype: np.dtype, what: str, path: Path) -> np.ndarray:
     """Cast to the storage dtype, refusing to turn finite values into inf (float16 stops at 65504)."""
     values = np.asarray(values)
-    if dtype == np.float16 and values.size:
-        finite = np.isfinite(values)
-        if finite.any() and float(np.abs(values[finite]).max()) > FLOAT16_MAX:
-            raise StoreError(f"{what}: values up to {float(np.abs(values[finite]).max()):.3g} do not fit float16 "
-                             f"(max {FLOAT16_MAX:g})", file=str(path),
-                             fix="store this feature set as float32: rerun with --store-dtype float32 --overwrite")
+    if dtype == np.float16 and (peak := finite_abs_max(values)) > FLOAT16_MAX:
+        raise StoreError(f"{what}: values up to {peak:.3g} do not fit float16 (max {FLOAT16_MAX:g})", file=str(path),
+                         fix="store this feature set as float32: rerun with --store-dtype float32 --overwrite")
     return values.astype(dtype, copy=False)
+
+
+def _read_arrays(folder: Path, names: tuple[str, ...]) -> list[np.ndarray]:
+    """A dialogue group's arrays: straight from their files when merc's writer wrote them (one chunk, the
+    default codecs; a fraction of what opening the group and arrays through zarr-python costs), else via zarr."""
+    arrays = [DialogueFiles.read_array(folder / name) for name in names]
+    if any(a is None for a in arrays):
+        group = zarr.open_group(str(folder), mode="r")
+        arrays = [group[name][...] if a is None else a for name, a in zip(names, arrays, strict=True)]
+    return arrays
 
 
 def _put(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple | None = None) -> None:
@@ -411,9 +430,9 @@ class StoreReader:
         pooled, valid = [], []
         for i in manifest_ids:
             if i in complete:
-                g = fs[complete[i]]
-                pooled.append(g["pooled"][...])
-                valid.append(g["valid"][...])
+                p, v = _read_arrays(self.path / dataset / feature_set / complete[i], ("pooled", "valid"))
+                pooled.append(p)
+                valid.append(v)
             else:
                 pooled.append(np.zeros((lengths[i], dim), dtype))
                 valid.append(np.zeros(lengths[i], bool))
@@ -426,24 +445,16 @@ class StoreReader:
         return self.dialogue_frames(dataset, feature_set, dialogue_id)
 
     def dialogue_frames(self, dataset: str, feature_set: str, dialogue_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """`load_frames` without checking the feature set first (callers that read every dialogue check it once).
-
-        The arrays are read straight from their files when merc's writer wrote them (one chunk, the default
-        codecs), which costs a fraction of opening a group and two arrays through zarr-python; else through zarr.
-        """
+        """`load_frames` without checking the feature set first (callers that read every dialogue check it once)."""
         folder = self.path / dataset / feature_set / dialogue_key(dialogue_id)
         if not (folder / "zarr.json").exists():
             raise StoreError(f"{dataset}/{feature_set} has no dialogue {dialogue_id!r}", file=str(self.path),
                              fix="rerun the same merc-extract command; it resumes where it stopped")
-        arrays = {}
-        for name in ("frames", "offsets"):
-            if not (folder / name / "zarr.json").exists():
-                raise StoreError(f"{dataset}/{feature_set} has no frames for {dialogue_id}", file=str(self.path),
-                                 fix="re-extract with --keep-frames")
-            arrays[name] = DialogueFiles.read_array(folder / name)
-            if arrays[name] is None:
-                arrays[name] = self.root[dataset][feature_set][dialogue_key(dialogue_id)][name][...]
-        return arrays["frames"], arrays["offsets"]
+        if not all((folder / name / "zarr.json").exists() for name in ("frames", "offsets")):
+            raise StoreError(f"{dataset}/{feature_set} has no frames for {dialogue_id}", file=str(self.path),
+                             fix="re-extract with --keep-frames")
+        frames, offsets = _read_arrays(folder, ("frames", "offsets"))
+        return frames, offsets
 
     # -- status / verify ------------------------------------------------------------------------------
     def status(self) -> list[dict]:

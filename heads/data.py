@@ -17,7 +17,7 @@ import torch
 
 from merc.data_manifests.errors import MercError
 from merc.data_manifests.manifest import LabelSpace
-from merc.extract.store import StoreError, StoreReader
+from merc.extract.store import StoreError, StoreReader, finite_abs_max
 
 from .models.base import ROLES, Batch, TaskSpec
 
@@ -333,13 +333,7 @@ def _train_stats(x: np.ndarray, rows: np.ndarray, what: str) -> tuple[np.ndarray
 
 def _compact(x: np.ndarray) -> np.ndarray:
     """float16 in memory (half the RAM and gather traffic) unless values would not fit."""
-    if x.size == 0:
-        return x.astype(np.float16)
-    lo, hi = float(x.min()), float(x.max())  # two reductions, no copy; a NaN or inf makes them non-finite
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        finite = x[np.isfinite(x)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    return x.astype(np.float16) if max(-lo, hi) < 6e4 else x
+    return x.astype(np.float16) if finite_abs_max(x) < 6e4 else x
 
 
 def _rows_of(dialogue_offsets: np.ndarray, dialogues: np.ndarray) -> np.ndarray:

@@ -28,8 +28,9 @@ def sh(*args: str | Path) -> None:
     print(f"\n$ {shown}", flush=True)
     code = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}).returncode
     if code != 0:
-        print(f"\ndemo: `{shown}` failed (exit {code}); its message is above. Remove {cmd[cmd.index('--store') + 1] if '--store' in cmd else 'the output folder'} "
-              "to start the demo afresh.", file=sys.stderr)
+        output = cmd[cmd.index("--store") + 1] if "--store" in cmd else "the output folder"
+        print(f"\ndemo: `{shown}` failed (exit {code}); its message is above. Remove {output} to start the demo afresh.",
+              file=sys.stderr)
         raise SystemExit(code)
 
 

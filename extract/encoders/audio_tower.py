@@ -76,3 +76,9 @@ def inputs_embeds(model, input_ids_bt, features_bfm, mel_lengths_b):
 def mel_lengths_of(n_samples: list[int], hop: int) -> np.ndarray:
     """Real mel frames per clip, as the processor's feature_attention_mask counts them (frames starting in the clip)."""
     return np.asarray([-(-n // hop) for n in n_samples], dtype=np.int64)
+
+
+def audio_token_count(mel_length: int) -> int:
+    """Audio tokens the processor puts in the prompt for a clip of `mel_length` real mel frames: the tower's
+    output length after its stride-2 convolution and stride-2 pooling (`_get_feat_extract_output_lengths`)."""
+    return (((mel_length - 1) // 2 + 1) - 2) // 2 + 1

@@ -38,7 +38,7 @@ from ._layers import (
     needs_hidden_states,
     select_layers,
 )
-from .audio_tower import mel_lengths_of, supports_short_window, window_frames
+from .audio_tower import audio_token_count, mel_lengths_of, supports_short_window, window_frames
 from .base import FORMAT_VERSION, Encoded, Encoder, EncoderError, Prepared, Preparer
 from .hf_audio import audio_notes
 from .hf_text import load_pretrained, weights_hash
@@ -172,8 +172,7 @@ class HFSpeechLLMEncoder(Encoder):
         if short:
             n_frames = window_frames(mel_lengths, [m.trimmed_fm.shape[1] for m in mels], n_frames)
         audio_token = self.processor.audio_token
-        texts = [self.prompt.replace(audio_token, audio_token * ((((n - 1) // 2 + 1) - 2) // 2 + 1))
-                 for n in mel_lengths]
+        texts = [self.prompt.replace(audio_token, audio_token * audio_token_count(n)) for n in mel_lengths]
         text = tok(texts, return_tensors="pt", padding=True)
         features = np.stack([untrim_mel(m.trimmed_fm, m.fill, n_frames) for m in mels])
         frame_mask = (np.arange(n_frames)[None, :] < np.asarray(mel_lengths)[:, None]).astype(np.int32)
@@ -204,11 +203,10 @@ class HFSpeechLLMEncoder(Encoder):
         return self.guard.run(self._forward, items)
 
     def _forward(self, items: list[Prepared]) -> list[Encoded]:
-
         values = [it.value for it in items]
-        mels = all(isinstance(v, LogMel) for v in values)
-        short = mels and self.short_window
-        inputs = self._inputs(values, short) if mels else self._processor_inputs(values)
+        from_workers = all(isinstance(v, LogMel) for v in values)  # else raw samples, for the processor
+        short = from_workers and self.short_window
+        inputs = self._inputs(values, short) if from_workers else self._processor_inputs(values)
         tokens_btd, answer_bt, last_b = self._states(inputs, short)
         results = []
         for i in range(len(items)):
