@@ -1,5 +1,7 @@
 """Decoder-only LLM family: dialogue-context prompts, own-token pooling, padding side, dtype, adapters, CLI."""
 
+import sys
+
 import numpy as np
 import pytest
 from encoder_testing import extract_cli, tiny_model
@@ -83,7 +85,7 @@ def test_bad_templates_adapter_without_peft_and_bf16(dialogue, monkeypatch):
         _llm(prompt_template="{context}{speaker}")
     with pytest.raises(EncoderError, match="adapter folder not found"):
         _llm(adapter="some/adapter")
-    monkeypatch.setitem(__import__("sys").modules, "peft", None)  # as if peft were not installed
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
     with pytest.raises(EncoderError, match="pip install peft"):
         _llm(adapter="some/adapter")
     monkeypatch.undo()
