@@ -49,7 +49,7 @@ def read_frames(path: str | None, fps: float, start: float | None = None, end: f
             if not container.streams.video:
                 raise MediaError("the file has no video stream", file=str(path),
                                  fix="use a clip with video, or extract text/audio features only")
-            stream = container.streams.video[0]  # PyAV's default threads: frame threads were 1.3-2.4x slower here
+            stream = container.streams.video[0]  # PyAV's default: frame threads decode short clips slower (bench_extract.py --sections media)
             if t0 > 1.0 and stream.time_base:
                 container.seek(int(t0 / stream.time_base), stream=stream, backward=True, any_frame=False)
             step = 1.0 / fps
