@@ -108,6 +108,10 @@ def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
 
     with av.open(str(path)) as container:
         streams = container.streams.audio
+        if not streams and not container.streams.video:  # garbage can probe as e.g. an LRC subtitle file
+            raise MediaError(f"cannot decode media (FFmpeg finds no audio or video in it, only format "
+                             f"{container.format.name!r})", file=str(path),
+                             fix="the file is corrupt or not audio/video; re-copy it from the corpus")
         if not streams:
             raise MediaError("the file has no audio stream", file=str(path),
                              fix="use a clip with sound, or extract text/visual features only")

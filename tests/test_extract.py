@@ -85,8 +85,10 @@ def _bad_corpus(root: Path) -> Path:
     long_wave = (0.1 * np.sin(np.arange(16000 * 600) * 0.05)).astype(np.float32)  # a 10-minute mis-cut clip
     sf.write(root / "long.wav", long_wave, 16000, subtype="PCM_16")
     write_wav(root / "ok.wav", 0.8)
+    (root / "lyrics.mp4").write_text("[00:01.00]hello\n[00:02.00]world\n")  # FFmpeg probes it as LRC subtitles
     rows = [("corrupt.mp4", "a corrupt clip"), ("empty.wav", "zero samples"), ("missing.wav", "no file"),
-            ("surround.mp4", "six channels"), ("long.wav", "ten minutes"), ("ok.wav", "")]
+            ("surround.mp4", "six channels"), ("long.wav", "ten minutes"), ("ok.wav", ""),
+            ("lyrics.mp4", "not media")]
     path = root / "m.csv"
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -105,12 +107,13 @@ def test_bad_media_is_reported_not_fatal(tmp_path):
     assert "skipped u1" in out and "empty" in out
     assert "skipped u2" in out and "missing.wav" in out
     assert "u4: capped 600.0 s to 30 s" in out
-    assert "3 utterance(s) skipped" in out and "--allow-missing" in out
+    assert "skipped u6" in out and "lyrics.mp4" in out and "only format 'lrc'" in out
+    assert "4 utterance(s) skipped" in out and "--allow-missing" in out
     r = StoreReader(store)
     feats = r.load_pooled("m", "egemaps")
-    assert feats.valid.tolist() == [False, False, False, True, True, True]
+    assert feats.valid.tolist() == [False, False, False, True, True, True, False]
     report = r.info("m", "egemaps")["report"]
-    assert {f["utterance_id"] for f in report["failures"]} == {"u0", "u1", "u2"}
+    assert {f["utterance_id"] for f in report["failures"]} == {"u0", "u1", "u2", "u6"}
     assert all(f["fix"] for f in report["failures"])
     # the finished dialogue is kept: a rerun has nothing to do, and --allow-missing exits 0
     again = run("--dataset", "manifest", "--root", manifest, "--encoder", "egemaps", "--store", store,
