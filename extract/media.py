@@ -16,6 +16,7 @@ import numpy as np
 from merc.data_manifests.errors import MercError
 
 CHANNEL_POLICIES = ("downmix", "center", "first")
+CORRUPT_FIX = "the file is corrupt or not audio/video; re-copy it from the corpus"
 
 
 class MediaError(MercError):
@@ -63,7 +64,7 @@ def load_audio(path: str | Path | None, policy: AudioPolicy, start: float | None
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a per-utterance failure
         raise MediaError(f"cannot decode media ({type(exc).__name__}: {exc})", file=str(path),
-                         fix="the file is corrupt or not audio/video; re-copy it from the corpus") from None
+                         fix=CORRUPT_FIX) from None
     channels = data.shape[1]
     mono = _to_mono(data, policy.channels)
     if start is not None or end is not None:
@@ -111,7 +112,7 @@ def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
         if not streams and not container.streams.video:  # garbage can probe as e.g. an LRC subtitle file
             raise MediaError(f"cannot decode media (FFmpeg finds no audio or video in it, only format "
                              f"{container.format.name!r})", file=str(path),
-                             fix="the file is corrupt or not audio/video; re-copy it from the corpus")
+                             fix=CORRUPT_FIX)
         if not streams:
             raise MediaError("the file has no audio stream", file=str(path),
                              fix="use a clip with sound, or extract text/visual features only")
