@@ -23,6 +23,7 @@ This module imports only numpy and zarr, so stage 2 (heads) can read stores with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -130,7 +131,6 @@ class StoreWriter:
         self.dataset = dataset
         self.feature_set = feature_set
         self._files = DialogueFiles()
-        self._dtype_cached: np.dtype | None = None
         self._written: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # this process's writes, reused by _pack
 
     # -- setup (coordinator only) ---------------------------------------------------------------------
@@ -200,15 +200,14 @@ class StoreWriter:
     def _fs(self) -> zarr.Group:
         return zarr.open_group(str(self._folder), mode="r+")
 
+    @functools.cached_property
     def _storage_dtype(self) -> np.dtype:
-        """Storage dtype recorded at open() (stores from before the option have none: float16); read once."""
-        if self._dtype_cached is None:
-            self._dtype_cached = np.dtype(self._fs().attrs.get("dtype", "float16"))
-        return self._dtype_cached
+        """Storage dtype recorded at open(), read once."""
+        return _stored_dtype(self._fs().attrs)
 
     def done_dialogues(self) -> set[str]:
         """Dialogue ids whose commit marker is written."""
-        return {dia_id for dia_id, _ in _complete_groups(self._folder)}
+        return set(_complete_groups(self._folder))
 
     def write_dialogue(self, dialogue_id: str, pooled: np.ndarray, valid: np.ndarray, *,
                        frames: np.ndarray | None = None, offsets: np.ndarray | None = None,
@@ -220,7 +219,7 @@ class StoreWriter:
             if _group_attrs(folder).get("complete"):
                 return
             shutil.rmtree(folder, ignore_errors=True)
-        dtype = self._storage_dtype()
+        dtype = self._storage_dtype
         what = f"{self.dataset}/{self.feature_set} dialogue {dialogue_id!r}"
         arrays = {"pooled": _cast(pooled, dtype, what, self.path), "valid": np.asarray(valid, dtype=bool)}
         if frames is not None:
@@ -244,9 +243,9 @@ class StoreWriter:
     def finalize(self, manifest: Manifest) -> dict:
         """Pack pooled rows for fast loading once every dialogue is complete; store the run report."""
         fs = self._fs()
-        groups = {key: attrs for key, attrs in _dialogue_groups(self._folder) if attrs.get("complete")}
-        complete = {attrs["dialogue_id"]: key for key, attrs in groups.items()}
-        failures = [f for attrs in groups.values() for f in attrs.get("failures", [])]
+        groups = [(key, attrs) for key, attrs in _dialogue_groups(self._folder) if attrs.get("complete")]
+        complete = _committed(groups)
+        failures = [f for _, attrs in groups for f in attrs.get("failures", [])]
         missing = [d.id for d in manifest.dialogues if d.id not in complete]
         report = {"dialogues_complete": len(complete), "dialogues_total": len(manifest.dialogues),
                   "utterances_failed": len(failures), "failures": failures}
@@ -261,7 +260,7 @@ class StoreWriter:
                  for i in ids]
         offsets = np.cumsum([0] + [len(v) for _, v in parts]).astype(np.int64)
         dim = int(fs.attrs["dim"])
-        pooled = np.concatenate([p for p, _ in parts]) if parts else np.zeros((0, dim), self._storage_dtype())
+        pooled = np.concatenate([p for p, _ in parts]) if parts else np.zeros((0, dim), self._storage_dtype)
         valid = np.concatenate([v for _, v in parts]) if parts else np.zeros((0,), bool)
         if "packed" in fs:
             shutil.rmtree(self._folder / "packed", ignore_errors=True)
@@ -339,11 +338,19 @@ def _dialogue_groups(folder: Path) -> Iterator[tuple[str, dict]]:
             yield child.name, _group_attrs(child)
 
 
-def _complete_groups(folder: Path) -> Iterator[tuple[str, str]]:
-    """(dialogue id, node key) of the committed dialogues."""
-    for key, attrs in _dialogue_groups(folder):
-        if attrs.get("complete"):
-            yield attrs["dialogue_id"], key
+def _committed(groups: Iterable[tuple[str, dict]]) -> dict[str, str]:
+    """dialogue id -> node key of the committed groups among (node key, attributes) pairs."""
+    return {attrs["dialogue_id"]: key for key, attrs in groups if attrs.get("complete")}
+
+
+def _complete_groups(folder: Path) -> dict[str, str]:
+    """dialogue id -> node key of a feature set's committed dialogues."""
+    return _committed(_dialogue_groups(folder))
+
+
+def _stored_dtype(attrs) -> np.dtype:
+    """A feature set's storage dtype (stores from before the option record none: float16)."""
+    return np.dtype(attrs.get("dtype", "float16"))
 
 
 def _ids_digest(ids: list[str]) -> str:
@@ -417,14 +424,14 @@ class StoreReader:
 
     def _load_unpacked(self, fs: zarr.Group, dataset: str, feature_set: str, manifest_ids: list[str],
                        allow_incomplete: bool) -> PooledFeatures:
-        complete = dict(_complete_groups(self.path / dataset / feature_set))
+        complete = _complete_groups(self.path / dataset / feature_set)
         missing = [i for i in manifest_ids if i not in complete]
         if missing and not allow_incomplete:
             raise StoreError(f"{dataset}/{feature_set} is incomplete: {len(missing)} of {len(manifest_ids)} "
                              f"dialogues not extracted (first: {missing[0]})", file=str(self.path),
                              fix="rerun the same merc-extract command; it resumes where it stopped")
         dim = int(fs.attrs["dim"])
-        dtype = np.dtype(fs.attrs.get("dtype", "float16"))
+        dtype = _stored_dtype(fs.attrs)
         n_utt = self._dataset(dataset).attrs["manifest"]
         lengths = {d["id"]: len(d["utterances"]) for d in n_utt["dialogues"]}
         pooled, valid = [], []
@@ -464,7 +471,7 @@ class StoreReader:
             for fsname in self.feature_sets(ds):
                 fs = self._feature_set(ds, fsname)
                 report = fs.attrs.get("report", {})
-                done = sum(1 for _ in _complete_groups(self.path / ds / fsname))
+                done = len(_complete_groups(self.path / ds / fsname))
                 rows.append({"dataset": ds, "feature_set": fsname, "encoder": fs.attrs.get("encoder", ""),
                              "modality": fs.attrs.get("modality", ""), "dim": fs.attrs.get("dim"),
                              "dialogues_done": done, "dialogues_total": n_dia,
@@ -482,7 +489,7 @@ class StoreReader:
                 fs = self._feature_set(ds, fsname)
                 dim = fs.attrs.get("dim")
                 groups = list(_dialogue_groups(self.path / ds / fsname))
-                complete = {a["dialogue_id"]: k for k, a in groups if a.get("complete")}
+                complete = _committed(groups)
                 partial = [k for k, a in groups if not a.get("complete")]
                 for k in partial:
                     problems.append(f"{ds}/{fsname}/{k}: uncommitted (a killed run); rerun merc-extract to redo it")
