@@ -38,12 +38,7 @@ class DialogueFiles:
             with tempfile.TemporaryDirectory() as tmp:
                 zarr.create_array(store=tmp, shape=(1,) * ndim, dtype=dtype, chunks=(1,) * ndim)
                 meta = json.loads((Path(tmp) / "zarr.json").read_text())
-            codecs = meta.get("codecs", [])
-            ok = ([c["name"] for c in codecs] == ["bytes", "zstd"]
-                  and not codecs[1].get("configuration", {}).get("checksum", False)
-                  and codecs[0].get("configuration", {}).get("endian", "little") == "little"
-                  and meta.get("chunk_key_encoding", {}).get("name") == "default"
-                  and not meta.get("storage_transformers"))
+            ok = _plain_zstd(meta) and not meta["codecs"][1].get("configuration", {}).get("checksum", False)
             self._templates[key] = meta if ok else None
         return self._templates[key]
 
@@ -78,15 +73,11 @@ class DialogueFiles:
             meta = json.loads((folder / "zarr.json").read_bytes())
         except FileNotFoundError:
             return None
-        codecs = meta.get("codecs", [])
         grid = meta.get("chunk_grid", {})
         shape = meta.get("shape")
-        if (meta.get("node_type") != "array" or not isinstance(shape, list)
-                or [c.get("name") for c in codecs] != ["bytes", "zstd"]
-                or codecs[0].get("configuration", {}).get("endian", "little") != "little"
-                or grid.get("name") != "regular" or meta.get("storage_transformers")
-                or grid.get("configuration", {}).get("chunk_shape") != [max(1, n) for n in shape]
-                or meta.get("chunk_key_encoding", {}).get("name") != "default"):
+        if (meta.get("node_type") != "array" or not isinstance(shape, list) or not _plain_zstd(meta)
+                or grid.get("name") != "regular"
+                or grid.get("configuration", {}).get("chunk_shape") != [max(1, n) for n in shape]):
             return None
         try:
             dtype = np.dtype(meta["data_type"])
@@ -114,6 +105,15 @@ class DialogueFiles:
         tmp = folder / f".zarr.json.{os.getpid()}.tmp"
         _write(tmp, json.dumps(body, indent=2).encode())
         os.replace(tmp, folder / "zarr.json")
+
+
+def _plain_zstd(meta: dict) -> bool:
+    """Array metadata with the codec chain these files use: little-endian bytes -> zstd, default chunk keys."""
+    codecs = meta.get("codecs", [])
+    return ([c.get("name") for c in codecs] == ["bytes", "zstd"]
+            and codecs[0].get("configuration", {}).get("endian", "little") == "little"
+            and meta.get("chunk_key_encoding", {}).get("name") == "default"
+            and not meta.get("storage_transformers"))
 
 
 def _write(path: Path, data: bytes) -> None:
