@@ -63,14 +63,13 @@ def test_worker_log_mels_give_exactly_the_processors_inputs(items):
     import torch
 
     from merc.extract.encoders.hf_speech_llm import LogMel
-    from merc.extract.encoders.hf_whisper import log_mel_real_frames
 
     enc, prepared = items
     assert enc.fast_inputs and all(isinstance(it.value, LogMel) for it in prepared)
     rng = np.random.default_rng(3)
     clips = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in (1, 161, 11_000, 30_400, 480_000)]
     fe = enc.processor.feature_extractor
-    ours = enc._inputs([LogMel(*log_mel_real_frames(c, fe), len(c)) for c in clips])
+    ours = enc._inputs([LogMel.of(c, fe) for c in clips])
     theirs = enc._processor_inputs(clips)
     assert ours.keys() == theirs.keys()
     for key in theirs:
@@ -96,14 +95,13 @@ def test_audio_tower_over_the_clips_own_frames_gives_the_full_windows_states(ite
     """Qwen2-Audio masks the padding: the tower over the batch's cut window equals the 30 s window's."""
     from merc.extract.encoders.audio_tower import window_frames
     from merc.extract.encoders.hf_speech_llm import LogMel
-    from merc.extract.encoders.hf_whisper import log_mel_real_frames
 
     enc, _ = items
     assert enc.short_window
     fe = enc.processor.feature_extractor
     rng = np.random.default_rng(5)
     clips = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in (1, 161, 5_000, 11_000, 30_401, 64_000)]
-    mels = [LogMel(*log_mel_real_frames(c, fe), len(c)) for c in clips]
+    mels = [LogMel.of(c, fe) for c in clips]
     assert enc._inputs(mels, short=True)["input_features"].shape[-1] == window_frames(
         [-(-len(c) // 160) for c in clips], [m.trimmed_fm.shape[1] for m in mels], 3000) == 402  # not 3000
     short, full = enc._answer_states(mels, short=True), enc._answer_states(mels, short=False)

@@ -42,7 +42,7 @@ from .audio_tower import audio_token_count, mel_lengths_of, supports_short_windo
 from .base import FORMAT_VERSION, Encoded, Encoder, EncoderError, Prepared, Preparer
 from .hf_audio import audio_notes
 from .hf_text import load_pretrained, weights_hash
-from .hf_whisper import can_trim_stft, log_mel_real_frames, untrim_mel
+from .hf_whisper import can_trim_stft, log_mel_real_frames, untrim_mel, window_mel_frames
 
 POOLINGS = ("last", "mean")
 DEFAULT_INSTRUCTION = "What is the emotion of the speaker?"
@@ -77,8 +77,7 @@ class SpeechLLMPreparer(Preparer):
             notes.append(f"speech LLM: cut {len(audio.samples) / self.policy.sample_rate:.1f} s to "
                          f"{MAX_SECONDS:g} s (the audio tower's window)")
         samples = audio.samples[:limit]
-        value = samples if self.feature_extractor is None else LogMel(
-            *log_mel_real_frames(samples, self.feature_extractor), len(samples))
+        value = samples if self.feature_extractor is None else LogMel.of(samples, self.feature_extractor)
         # cost: the audio tower's window (the clip with the short window, else a full 30 s) plus LLM tokens in
         # proportion to the duration; the short window counts 1 s for the prompt's own tokens
         tower = len(samples) + self.policy.sample_rate if self.short_window else limit
@@ -92,6 +91,15 @@ class LogMel:
     trimmed_fm: np.ndarray
     fill: float
     n_samples: int
+
+    @classmethod
+    def of(cls, samples: np.ndarray, feature_extractor) -> LogMel:
+        return cls(*log_mel_real_frames(samples, feature_extractor), len(samples))
+
+
+def _probe_clip(seconds: float, rate: int, period: float) -> np.ndarray:
+    """A quiet sine for the start-up checks: deterministic, and not silence (whose log-mel is flat)."""
+    return (0.1 * np.sin(np.arange(int(seconds * rate)) / period)).astype(np.float32)
 
 
 class HFSpeechLLMEncoder(Encoder):
@@ -127,9 +135,9 @@ class HFSpeechLLMEncoder(Encoder):
         fe = getattr(self.processor, "feature_extractor", None)
         if fe is None or not can_trim_stft(fe) or not hasattr(self.processor, "audio_token"):
             return False
-        probe = (0.1 * np.sin(np.arange(int(1.37 * self.opts.audio.sample_rate)) / 7.0)).astype(np.float32)
+        probe = _probe_clip(1.37, self.opts.audio.sample_rate, 7.0)
         try:
-            ours = self._inputs([LogMel(*log_mel_real_frames(probe, fe), len(probe))])
+            ours = self._inputs([LogMel.of(probe, fe)])
         except Exception:  # noqa: BLE001 - any surprise in the processor's conventions: use the processor
             return False
         theirs = self._processor_inputs([probe])
@@ -139,8 +147,7 @@ class HFSpeechLLMEncoder(Encoder):
         """Whether the audio tower over the clips' own frames gives the full window's states on probe clips."""
         fe = self.processor.feature_extractor
         rate = self.opts.audio.sample_rate
-        probes = [(0.1 * np.sin(np.arange(int(sec * rate)) / (5.0 + sec))).astype(np.float32) for sec in (1.37, 0.41)]
-        mels = [LogMel(*log_mel_real_frames(p, fe), len(p)) for p in probes]
+        mels = [LogMel.of(_probe_clip(sec, rate, 5.0 + sec), fe) for sec in (1.37, 0.41)]
         try:
             short = self._answer_states(mels, short=True)
         except Exception:  # noqa: BLE001 - a model this module does not know after all: the full window
@@ -167,7 +174,7 @@ class HFSpeechLLMEncoder(Encoder):
         import torch
 
         fe, tok = self.processor.feature_extractor, self.processor.tokenizer
-        n_frames = int(fe.n_samples) // int(fe.hop_length)
+        n_frames = window_mel_frames(fe)
         mel_lengths = mel_lengths_of([m.n_samples for m in mels], int(fe.hop_length)).tolist()
         if short:
             n_frames = window_frames(mel_lengths, [m.trimmed_fm.shape[1] for m in mels], n_frames)

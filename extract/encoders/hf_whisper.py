@@ -82,6 +82,11 @@ def can_trim_stft(feature_extractor) -> bool:
             and not getattr(fe, "dither", 0.0) and type(fe).__name__ == "WhisperFeatureExtractor")
 
 
+def window_mel_frames(feature_extractor) -> int:
+    """Log-mel frames of the extractor's padded window (3,000 for 30 s; the STFT's last frame is dropped)."""
+    return int(feature_extractor.n_samples) // int(feature_extractor.hop_length)
+
+
 def log_mel_real_frames(samples: np.ndarray, feature_extractor) -> tuple[np.ndarray, float]:
     """Whisper's log-mel of one chunk (<= 30 s) zero-padded to 30 s, as `trim_mel` would give it, computed
     only over the STFT frames whose window touches real audio.
@@ -98,7 +103,7 @@ def log_mel_real_frames(samples: np.ndarray, feature_extractor) -> tuple[np.ndar
 
     fe = feature_extractor
     n_fft, hop, window_samples = int(fe.n_fft), int(fe.hop_length), int(fe.n_samples)
-    n_frames = window_samples // hop  # the extractor drops the STFT's last frame
+    n_frames = window_mel_frames(fe)
     n = min(len(samples), window_samples)
     length = min(window_samples, max(n + n_fft // 2 + 1, MIN_STFT_FRAMES * hop))
     wave = np.zeros(length, np.float32)
@@ -129,7 +134,7 @@ class WhisperPreparer(Preparer):
         fe = self.feature_extractor
         if can_trim_stft(fe):
             trimmed = [log_mel_real_frames(c, fe) for c in chunks]
-            n_frames = int(fe.n_samples) // int(fe.hop_length)
+            n_frames = window_mel_frames(fe)
         else:  # an extractor of another recipe: the padded window in full, then trimmed
             mels_cfm = fe(chunks, sampling_rate=self.policy.sample_rate, return_tensors="np",
                           padding="max_length")["input_features"].astype(np.float32)
