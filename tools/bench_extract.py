@@ -94,16 +94,13 @@ def _ratios(pairs: list[tuple[float, float]]) -> str:
 def model_alone(manifest) -> tuple[float, np.ndarray]:
     """merc's batches through the model and pooling only (no runner, no store): the ceiling of the merc path."""
     from merc.extract.encoders import EncoderRequest, build_encoder
-    from merc.extract.runner import make_batches
+    from merc.tools.bench_families import encode_prepared
 
     enc = build_encoder(EncoderRequest("minilm"))
     prep = enc.preparer()
     items = [prep(u) for u in manifest.utterances()]
     t0 = time.perf_counter()
-    vectors = {}
-    for batch in make_batches(items, enc.batch_budget()):
-        for it, e in zip(batch, enc.encode_batch(batch), strict=True):
-            vectors[it.utterance_id] = e.pooled
+    vectors = encode_prepared(enc, items)
     seconds = time.perf_counter() - t0
     return seconds, np.stack([vectors[u.id] for u in manifest.utterances()])
 
@@ -192,8 +189,6 @@ def _duration(path: str) -> float:
 
 def bench_store(n_dialogues: int, tmp: Path, repeats: int) -> None:
     """Per-dialogue commit cost: merc's direct Zarr v3 file writes against the zarr-python API (same layout)."""
-    import time as _time
-
     from merc.extract.store import StoreReader, StoreWriter
     from merc.extract.store_files import DialogueFiles
 
@@ -207,10 +202,10 @@ def bench_store(n_dialogues: int, tmp: Path, repeats: int) -> None:
         w.open(manifest, fingerprint={"bench": 1}, info={"dim": 384, "modality": "text", "encoder": "x"})
         if not direct:
             w._files.supported = lambda dtypes: False  # the zarr-python path the writer falls back to
-        t0 = _time.perf_counter()
+        t0 = time.perf_counter()
         for d in manifest.dialogues:
             w.write_dialogue(d.id, *arrays[d.id])
-        return (_time.perf_counter() - t0) / len(manifest.dialogues) * 1e3
+        return (time.perf_counter() - t0) / len(manifest.dialogues) * 1e3
 
     assert DialogueFiles().supported([(np.dtype(np.float16), 2), (np.dtype(bool), 1)])
     fast, slow = [], []

@@ -64,16 +64,22 @@ def synthetic_utterances(media: str, n: int, folder: Path, seed: int = 0) -> lis
 
 
 def merc_batched(encoder, utts: list) -> tuple[float, np.ndarray]:
-    from merc.extract.runner import make_batches
-
+    """merc's preparer, then its length-sorted batches through the encoder, in this one process."""
     t0 = time.perf_counter()
     prep = encoder.preparer()
-    prepared = [prep(u) for u in utts]
+    vectors = encode_prepared(encoder, [prep(u) for u in utts])
+    return time.perf_counter() - t0, np.stack([vectors[u.id] for u in utts])
+
+
+def encode_prepared(encoder, prepared: list) -> dict[str, np.ndarray]:
+    """Pooled vector per utterance id: prepared items in merc's batches through the encoder."""
+    from merc.extract.runner import make_batches
+
     vectors = {}
     for batch in make_batches(prepared, encoder.batch_budget()):
         for item, enc in zip(batch, encoder.encode_batch(batch), strict=True):
             vectors[item.utterance_id] = enc.pooled
-    return time.perf_counter() - t0, np.stack([vectors[u.id] for u in utts])
+    return vectors
 
 
 def manifest_of(utts: list, per_dialogue: int = 8):
