@@ -51,7 +51,11 @@ def test_csv_with_inferred_labels(tmp_path: Path) -> None:
     assert m.dialogue("d2").utterances[0].labels == {"emotion": "anger", "valence": None}
     assert m.dialogue("d3").utterances[0].speaker == "7"
     assert m.policies["label_inference"]["emotion"]["kind"] == "categorical"
-    [finding] = m.findings  # /nowhere/b.wav
+    assert m.policies["encodings"] == {str(tmp_path / "corpus.csv"): "utf-8"}
+    emo_note, val_note, finding = m.findings  # what was inferred, then /nowhere/b.wav
+    assert "'emotion' holds words: inferred categorical" in emo_note.problem and emo_note.row is None
+    assert "'valence' holds numbers: inferred regression" in val_note.problem
+    assert f"{tmp_path / 'corpus.csv'}.labels.json" in emo_note.fix
     assert finding.row == 4 and "features will be missing" in finding.problem
     assert load_manifest("manifest", tmp_path / "corpus.csv").digest() == m.digest()
 
@@ -138,3 +142,23 @@ def test_index_column_orders_and_ties_are_errors(tmp_path: Path) -> None:
     rows[1][5] = "1"
     with pytest.raises(ManifestError, match=r"m\.csv, row 2.*rows 1 and 2 share position 1.*Fix"):
         load_generic(write_csv(tmp_path / "m.csv", rows, header))
+
+
+def test_missing_labels_file_names_a_real_option(tmp_path: Path) -> None:
+    path = make_csv(tmp_path)
+    with pytest.raises(ManifestError) as err:
+        load_generic(path, labels=tmp_path / "nope.json")
+    msg = message(err)
+    assert "nope.json" in msg and "`labels` option" in msg and "--labels" not in msg
+
+
+def test_declared_kind_without_classes_notes_the_inferred_classes(tmp_path: Path) -> None:
+    path = make_csv(tmp_path)
+    (tmp_path / "corpus.csv.labels.json").write_text('{"emotion": {"kind": "categorical"}}')
+    m = load_generic(path)
+    assert m.label_spaces["emotion"].classes == ("anger", "joy", "neutral")
+    note = next(f for f in m.findings if "declares no classes" in f.problem)
+    assert note.file == str(tmp_path / "corpus.csv.labels.json")
+    assert "took 3 class(es) from the values, sorted by name (anger, joy, neutral)" in note.problem
+    assert '{"emotion": {"kind": "categorical", "classes": ["anger", "joy", "neutral"]}}' in note.fix
+    assert not [f for f in m.findings if "inferred" in f.problem]

@@ -70,6 +70,7 @@ def test_6_erc(release: Path) -> None:
     assert u.labels == {"emotion": "hap", "valence": 2.5, "arousal": 3.0, "dominance": 3.5}
     assert u.text == "words of Ses01F_impro01_M000" and Path(u.media).name == "Ses01F_impro01_M000.wav"
     assert u.source_file.endswith("EmoEvaluation/Ses01F_impro01.txt") and u.source_row == 7
+    assert m.policies["encodings"] == {"default": "utf-8", "other_files": {}}
 
 
 def test_4_erc_drops_exc_and_fru(release: Path) -> None:

@@ -120,7 +120,10 @@ def test_raw_cp1252_bytes_are_read(tmp_path: Path) -> None:
     path.write_bytes(path.read_text(encoding="utf-8").replace("Okay.", "Okay\u2019s").encode("cp1252"))
     m = load_meld(root)
     assert m.dialogue("dev_dia0").utterances[0].text == "Okay’s"
-    assert m.policies["splits"]["encodings"]["dev"] == "cp1252"
+    assert m.policies["splits"]["encodings"] == {"train": "utf-8", "dev": "cp1252", "test": "utf-8"}
+    note = next(f for f in m.findings if f.file == str(path))
+    assert note.row == 1 and "line 2 is not valid UTF-8; decoded as cp1252 (byte 0x92 -> ’)" in note.problem
+    assert "save the file as UTF-8" in note.fix
 
 
 @pytest.mark.parametrize(("newline", "bom"), [("\n", False), ("\r\n", False), ("\r\n", True)])

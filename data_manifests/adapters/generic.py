@@ -10,20 +10,24 @@ Label kinds come from a sidecar ``<file>.labels.json`` (or ``<stem>.labels.json`
 option) such as ``{"emotion": {"kind": "categorical", "classes": ["neutral", "joy"]}}``. With a
 sidecar only the declared columns are labels. Without one the kind is inferred and recorded in the
 manifest policies: numbers -> regression, strings -> categorical with sorted class names, JSON
-lists -> multilabel. Multilabel cells in CSV separate classes with ``|``.
+lists -> multilabel. A guess can be wrong (class ids 0..6 look like numbers), so every inference is
+also a note saying how to declare the column, and a column mixing kinds (``3`` and ``anger``) is an
+error rather than a guess. Multilabel cells in CSV separate classes with ``|``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import Finding, ManifestError
 from ..manifest import Dialogue, LabelSpace, LabelValue, Manifest, Utterance
-from ._common import raise_problems, read_csv, read_text
+from ._common import raise_problems, read_csv, read_lines
 
 REQUIRED = ("dialogue_id", "utterance_id", "speaker", "text", "split")
 MEDIA_COLUMNS = ("media", "audio", "video")
@@ -34,6 +38,8 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "developme
                  "val": "dev", "validation": "dev", "test": "test", "testing": "test"}
 KINDS = ("categorical", "multilabel", "regression")
 DEFAULT_NAMES = ("manifest.csv", "manifest.tsv", "manifest.jsonl")
+MAX_EXAMPLE_CLASSES = 12  # a suggested declaration lists the classes only up to this many
+SIDECAR_SCOPE = "a sidecar declares every label space, so declare your other label columns in it too"
 
 
 @dataclass
@@ -41,7 +47,9 @@ class _Table:
     path: Path
     columns: list[str]
     rows: list[tuple[int, dict[str, Any]]]
+    encoding: str = "utf-8"
     problems: list[Finding] = field(default_factory=list)
+    notes: list[Finding] = field(default_factory=list)  # non-fatal: lines decoded as cp1252
 
 
 def load_generic(path: str | Path, *, labels: str | Path | dict | None = None, name: str | None = None) -> Manifest:
@@ -53,16 +61,20 @@ def load_generic(path: str | Path, *, labels: str | Path | dict | None = None, n
     """
     file = _resolve_file(Path(path).expanduser())
     table = _read_table(file)
-    spec, spec_source = _label_spec(file, labels)
+    findings: list[Finding] = list(table.notes)
+    encodings = {str(file): table.encoding}
+    spec, spec_source = _label_spec(file, labels, findings, encodings)
     columns = _label_columns(table, spec, spec_source)
     policies: dict = {"source": str(file), "label_spec": spec_source, "ignored_columns": columns.ignored,
                       "media_column": next((c for c in MEDIA_COLUMNS if c in table.columns), None),
                       "order_column": next((c for c in ORDER_COLUMNS if c in table.columns), None),
                       "split_aliases": "valid/val/validation/development -> dev, training -> train, testing -> test",
-                      "label_inference": {}, "empty_text_rows": 0, "missing_media": []}
+                      "label_inference": {}, "empty_text_rows": 0, "missing_media": [],
+                      "encodings": encodings}
     problems = list(table.problems)
-    spaces = _label_spaces(table, columns.by_space, spec, policies, problems)
-    findings: list[Finding] = []
+    spaces = _label_spaces(table, columns.by_space, spec, policies, problems, findings)
+    if len(spaces) < len(columns.by_space):  # a column's kind is unknown: rows cannot be parsed
+        raise_problems(problems)
     records = [r for r in (_parse_row(table, row, rec, columns.by_space, spaces, policies, problems, findings)
                            for row, rec in table.rows) if r is not None]
     _check_ids(table.path, records, problems)
@@ -93,14 +105,16 @@ def _read_table(path: Path) -> _Table:
         return _read_jsonl(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     csv_table = read_csv(path, required=REQUIRED, optional=RESERVED, header_hint=HEADER_HINT, delimiter=delimiter)
-    return _Table(path=path, columns=csv_table.header, rows=list(csv_table.rows), problems=csv_table.problems)
+    return _Table(path=path, columns=csv_table.header, rows=list(csv_table.rows), encoding=csv_table.encoding,
+                  problems=csv_table.problems, notes=csv_table.notes)
 
 
 def _read_jsonl(path: Path) -> _Table:
-    text, _ = read_text(path)
-    table = _Table(path=path, columns=[], rows=[])
+    """Rows are numbered by physical line (blank lines count), as an editor shows them."""
+    source = read_lines(path)
+    table = _Table(path=path, columns=[], rows=[], encoding=source.encoding, notes=source.notes())
     lookup = {c: c for c in RESERVED}
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in source.numbered():
         if not line.strip():
             continue
         try:
@@ -132,21 +146,31 @@ class _Columns:
     ignored: list[str]
 
 
-def _label_spec(file: Path, labels: str | Path | dict | None) -> tuple[dict | None, str]:
+def sidecar_path(file: Path) -> Path:
+    """Where a user declares the label spaces of `file`: ``<file>.labels.json`` next to it."""
+    return file.with_name(file.name + ".labels.json")
+
+
+def _label_spec(file: Path, labels: str | Path | dict | None, findings: list[Finding],
+                encodings: dict[str, str]) -> tuple[dict | None, str]:
     if isinstance(labels, dict):
         return _check_spec(labels, "labels option"), "labels option"
     candidates = [Path(labels).expanduser()] if labels is not None else [
-        file.with_name(file.name + ".labels.json"), file.with_name(file.stem + ".labels.json")]
+        sidecar_path(file), file.with_name(file.stem + ".labels.json")]
     for candidate in candidates:
         if candidate.is_file():
+            source = read_lines(candidate)
+            findings.extend(source.notes())
+            encodings[str(candidate)] = source.encoding
             try:
-                spec = json.loads(read_text(candidate)[0])
+                spec = json.loads(source.text)
             except json.JSONDecodeError as exc:
                 raise ManifestError(f"invalid JSON: {exc.msg}", file=str(candidate), row=exc.lineno,
                                     fix='write {"<name>": {"kind": "categorical", "classes": [...]}}') from exc
             return _check_spec(spec, str(candidate)), str(candidate)
     if labels is not None:
-        raise ManifestError("label declaration file not found", file=str(labels), fix="check the --labels path")
+        raise ManifestError("label declaration file not found", file=str(labels),
+                            fix="check the path given as the `labels` option of load_generic")
     return None, "inferred from the values (no .labels.json sidecar)"
 
 
@@ -185,18 +209,26 @@ def _label_columns(table: _Table, spec: dict | None, spec_source: str) -> _Colum
 
 
 def _label_spaces(table: _Table, by_space: dict[str, str], spec: dict | None, policies: dict,
-                  problems: list[Finding]) -> dict[str, LabelSpace]:
+                  problems: list[Finding], findings: list[Finding]) -> dict[str, LabelSpace]:
+    """Declared spaces as declared; else infer each kind (and say so), refusing columns that mix kinds."""
     spaces = {}
     for space, col in by_space.items():
-        values = [rec.get(col) for _, rec in table.rows]
+        cells = [(row, rec.get(col)) for row, rec in table.rows]
         if spec is not None:
-            spaces[space] = _declared_space(space, spec[space], values)
-        else:
-            spaces[space] = _inferred_space(space, values)
-            policies["label_inference"][space] = {"column": col, "kind": spaces[space].kind,
-                                                  "classes": list(spaces[space].classes),
-                                                  "rule": "numbers -> regression; JSON lists -> multilabel; "
-                                                          "strings -> categorical, classes sorted"}
+            spaces[space] = _declared_space(space, spec[space], [v for _, v in cells])
+            if spec[space].get("classes") is None and spaces[space].kind != "regression":
+                findings.append(_declared_classes_note(policies["label_spec"], spaces[space]))
+            continue
+        by_type = _cells_by_type(cells)
+        if len(by_type) > 1:
+            problems.append(_mixed_column(table.path, space, col, by_type, cells))
+            continue
+        spaces[space] = _inferred_space(space, [v for _, v in cells])
+        policies["label_inference"][space] = {"column": col, "kind": spaces[space].kind,
+                                              "classes": list(spaces[space].classes),
+                                              "rule": "numbers -> regression; JSON lists -> multilabel; "
+                                                      "strings -> categorical, classes sorted"}
+        findings.append(_inference_note(table.path, col, spaces[space], [v for _, v in cells]))
     return spaces
 
 
@@ -217,6 +249,120 @@ def _inferred_space(name: str, values: list[Any]) -> LabelSpace:
     if present and all(_number(v) is not None for v in present):
         return LabelSpace(name, "regression")
     return LabelSpace(name, "categorical", tuple(sorted({_text(v) for v in present})))
+
+
+# --- telling the user what was inferred, or why it cannot be ------------------------------------------
+CELL_TYPES = ("numbers", "words", "JSON lists")
+INTEGER_RE = re.compile(r"[+-]?\d+")
+
+
+def _cell_type(value: Any) -> str | None:
+    if _is_empty(value):
+        return None
+    if isinstance(value, list):
+        return "JSON lists"
+    return "numbers" if _number(value) is not None else "words"
+
+
+def _cells_by_type(cells: list[tuple[int, Any]]) -> dict[str, list[tuple[int, Any]]]:
+    """Non-empty cells grouped by kind of value, in CELL_TYPES order."""
+    groups: dict[str, list[tuple[int, Any]]] = {t: [] for t in CELL_TYPES}
+    for row, value in cells:
+        kind = _cell_type(value)
+        if kind is not None:
+            groups[kind].append((row, value))
+    return {t: g for t, g in groups.items() if g}
+
+
+def _row_list(cells: list[tuple[int, Any]], shown: int = 5) -> str:
+    """``rows 1, 2, 4, 5, 6 and 35 more`` or ``row 3``."""
+    rows = [str(r) for r, _ in cells]
+    more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
+    return f"row{'s' if len(rows) > 1 else ''} {', '.join(rows[:shown])}{more}"
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _declaration(space: str, kind: str, classes: Sequence[str] | None = None) -> str:
+    """The JSON a user writes into the sidecar for `space` (classes listed while they are few)."""
+    decl: dict[str, Any] = {"kind": kind}
+    if classes is not None and len(classes) <= MAX_EXAMPLE_CLASSES:
+        decl["classes"] = list(classes)
+    return json.dumps({space: decl}, ensure_ascii=False)
+
+
+def _class_names(values: list[Any]) -> list[str]:
+    """Distinct class names in the cells: numbers in numeric order first, then the rest by name."""
+    names = {c for v in values if not _is_empty(v)
+             for c in (_split_multi(v) if isinstance(v, list) else [_text(v)])}
+
+    def key(name: str) -> tuple[int, float, str]:
+        number = _number(name)
+        return (0, number, name) if number is not None else (1, 0.0, name)
+
+    return sorted(names, key=key)
+
+
+def _mixed_column(path: Path, space: str, col: str, by_type: dict[str, list[tuple[int, Any]]],
+                  cells: list[tuple[int, Any]]) -> Finding:
+    """A fatal Finding: the column holds several kinds of values, so any inferred kind would be a guess."""
+    kinds = _join([f"{kind} ({_row_list(group)})" for kind, group in by_type.items()])
+    examples = ", ".join(f"row {group[0][0]} holds {group[0][1]!r}" for group in by_type.values())
+    kind = "multilabel" if "JSON lists" in by_type else "categorical"
+    example = _declaration(space, kind, _class_names([v for _, v in cells]))
+    return Finding(file=str(path),
+                   problem=f"column {col!r} mixes {kinds}, e.g. {examples}; its label kind cannot be "
+                           f"inferred",
+                   fix=f"declare the column in {sidecar_path(path)}, e.g. {example} ({SIDECAR_SCOPE}), "
+                       f"or write every cell of {col!r} the same way (leave unknown values empty)")
+
+
+def _is_integer(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, str) and INTEGER_RE.fullmatch(value.strip()) is not None
+
+
+def _inference_note(path: Path, col: str, space: LabelSpace, values: list[Any]) -> Finding:
+    """A non-fatal Finding saying which kind was inferred for `col` and the sidecar JSON that overrides it."""
+    sidecar = sidecar_path(path)
+    present = [v for v in values if not _is_empty(v)]
+    if space.kind == "regression" and all(_is_integer(v) for v in present):
+        problem = (f"column {col!r} holds only integers: inferred regression; if these are class ids declare "
+                   f"kind categorical")
+        as_classes = _declaration(space.name, "categorical", _class_names(present))
+        fix = (f"for class ids write {sidecar}: {as_classes}; to keep regression and silence this note write "
+               f"{_declaration(space.name, 'regression')}")
+    elif space.kind == "regression":
+        problem = f"column {col!r} holds numbers: inferred regression"
+        fix = f"to declare it, write {sidecar}: {_declaration(space.name, 'regression')}"
+    else:
+        what = "JSON lists" if space.kind == "multilabel" else "words" if present else "no values"
+        problem = (f"column {col!r} holds {what}: inferred {space.kind} with {len(space.classes)} class(es) "
+                   f"sorted by name{_class_preview(space.classes)}")
+        fix = (f"to set the classes and their order, write {sidecar}: "
+               f"{_declaration(space.name, space.kind, space.classes)}")
+    return Finding(file=str(path), problem=problem, fix=f"{fix} ({SIDECAR_SCOPE})")
+
+
+def _declared_classes_note(source: str, space: LabelSpace) -> Finding:
+    """A declared kind without classes: the classes (and so their indices) still come from the values."""
+    return Finding(file=source,
+                   problem=f"label space {space.name!r} declares no classes: took {len(space.classes)} "
+                           f"class(es) from the values, sorted by name{_class_preview(space.classes)}",
+                   fix=f"to set the classes and their order, declare them in {source}, e.g. "
+                       f"{_declaration(space.name, space.kind, space.classes)}")
+
+
+def _class_preview(classes: Sequence[str]) -> str:
+    if not classes:
+        return ""
+    more = " ..." if len(classes) > MAX_EXAMPLE_CLASSES else ""
+    return f" ({', '.join(classes[:MAX_EXAMPLE_CLASSES])}{more})"
 
 
 # --- cells ----------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..errors import Finding, ManifestError
 from ..labels import IEMOCAP_4, IEMOCAP_6, IEMOCAP_VAD
 from ..manifest import Dialogue, LabelSpace, Manifest, Utterance
-from ._common import is_hidden, raise_problems, read_text, require_root
+from ._common import TextFile, is_hidden, raise_problems, read_lines, require_root
 
 SESSION_RE = re.compile(r"^Session([1-5])$")
 TURN_RE = re.compile(r"^\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\s+(\S+)\s+(\S+)\s+\[([^\]]*)\]")
@@ -94,8 +94,8 @@ def load_iemocap(root: str | Path, *, protocol: str = "6-erc", dev_fraction: flo
     policies = _base_policies(protocol, release, sessions)
     problems: list[Finding] = []
     findings: list[Finding] = []
-    turns = _read_evaluations(sessions, problems, policies)
-    texts = _read_transcripts(sessions, "text" in modalities, problems, policies)
+    turns = _read_evaluations(sessions, problems, findings, policies)
+    texts = _read_transcripts(sessions, "text" in modalities, problems, findings, policies)
     _check_wav_folders(sessions, modalities, problems)
     raise_problems(problems)
     dev = _choose_dev(turns, dev_fraction, dev_seed, dev_dialogues, release, policies)
@@ -126,6 +126,7 @@ def _base_policies(protocol: str, release: Path, sessions: dict[int, Path]) -> d
         "missing_wavs": [],
         "missing_transcripts": [],
         "ignored_files": {"appledouble_or_hidden": 0},
+        "encodings": {"default": "utf-8", "other_files": {}},  # file -> cp1252 / utf-8 with N line(s) ...
         "release": str(release),
     }
 
@@ -172,7 +173,8 @@ def _txt_files(folder: Path, policies: dict) -> list[Path]:
 
 
 # --- EmoEvaluation ----------------------------------------------------------------------------------------
-def _read_evaluations(sessions: dict[int, Path], problems: list[Finding], policies: dict) -> list[_Turn]:
+def _read_evaluations(sessions: dict[int, Path], problems: list[Finding], findings: list[Finding],
+                      policies: dict) -> list[_Turn]:
     turns: list[_Turn] = []
     first_seen: dict[str, _Turn] = {}
     for n, session in sorted(sessions.items()):
@@ -182,7 +184,7 @@ def _read_evaluations(sessions: dict[int, Path], problems: list[Finding], polici
                                     fix="restore the folder from the IEMOCAP release"))
             continue
         for path in _txt_files(folder, policies):
-            for turn in _parse_evaluation(path, n, problems):
+            for turn in _parse_evaluation(_read(path, findings, policies), n, problems):
                 if turn.utt in first_seen:
                     prev = first_seen[turn.utt]
                     problems.append(Finding(
@@ -195,13 +197,21 @@ def _read_evaluations(sessions: dict[int, Path], problems: list[Finding], polici
     return turns
 
 
-def _parse_evaluation(path: Path, session: int, problems: list[Finding]) -> list[_Turn]:
-    text, _ = read_text(path)
+def _read(path: Path, findings: list[Finding], policies: dict) -> TextFile:
+    """Decode one text file; lines that were not UTF-8 become notes and the file's encoding a policy."""
+    source = read_lines(path)
+    findings.extend(source.notes())
+    if source.encoding != "utf-8":
+        policies["encodings"]["other_files"][str(path)] = source.encoding
+    return source
+
+
+def _parse_evaluation(source: TextFile, session: int, problems: list[Finding]) -> list[_Turn]:
     out = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in source.numbered():
         if not line.startswith("["):
             continue
-        turn = _parse_turn(line, path, line_no, session, problems)
+        turn = _parse_turn(line, source.path, line_no, session, problems)
         if turn is not None:
             out.append(turn)
     return out
@@ -250,7 +260,7 @@ def _speaker(utt: str) -> str | None:
 
 # --- transcripts and wavs -------------------------------------------------------------------------------
 def _read_transcripts(sessions: dict[int, Path], need_text: bool, problems: list[Finding],
-                      policies: dict) -> dict[str, str]:
+                      findings: list[Finding], policies: dict) -> dict[str, str]:
     texts: dict[str, str] = {}
     for n, session in sorted(sessions.items()):
         folder = session / "dialog" / "transcriptions"
@@ -260,8 +270,7 @@ def _read_transcripts(sessions: dict[int, Path], need_text: bool, problems: list
                                         fix="restore it from the IEMOCAP release, or use modalities=('audio',)"))
             continue
         for path in _txt_files(folder, policies):
-            content, _ = read_text(path)
-            for line in content.splitlines():
+            for _, line in _read(path, findings, policies).numbered():
                 m = TRANSCRIPT_RE.match(line.strip())
                 if m:
                     texts.setdefault(m.group(1), m.group(4).strip())

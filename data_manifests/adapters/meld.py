@@ -7,7 +7,8 @@ Why it is built this way (formats.md A):
 * People unpack the archive in different nestings, so CSVs and the clip folders ``train_splits``,
   ``dev_splits_complete`` and ``output_repeated_splits_test`` are found by recursive search.
 * Older CSV copies hold cp1252 characters decoded as Latin-1 (``company\\x92s``); text is repaired
-  so every copy gives the same text, and the number of repaired rows is recorded.
+  so every copy gives the same text, and the number of repaired rows is recorded. Raw cp1252 bytes
+  (a whole file, or a stray byte in a UTF-8 file) are decoded per line and each such line is a note.
 * Utterance_IDs have gaps (train dialogue 1 is [0..5, 8]), so utterances are sorted, never assumed
   to be ``range(n)``; ids keep the original numbers.
 * Clip problems that only decoding can reveal (a corrupt clip, mis-cut 300 s clips, 5.1 audio) are
@@ -101,19 +102,20 @@ def load_meld(root: str | Path, *, modalities: Sequence[str] = ("text", "audio")
     dialogues: list[Dialogue] = []
     for split in splits:
         csv_path = _pick_csv(scan, split, variant, root)
-        rows, file_problems, repaired, encoding = _read_split(csv_path, repair_text)
-        problems.extend(file_problems)
+        read = _read_split(csv_path, repair_text)
+        problems.extend(read.problems)
+        findings.extend(read.notes)
         policies["splits"]["csv_files"][split] = str(csv_path)
-        policies["splits"]["encodings"][split] = encoding
-        policies["text_repair"]["repaired_rows"][split] = repaired
+        policies["splits"]["encodings"][split] = read.encoding
+        policies["text_repair"]["repaired_rows"][split] = read.repaired
         clip_dirs = scan.clip_dirs.get(CLIP_FOLDERS[split], [])
         if needs_media and not clip_dirs:
             problems.append(Finding(
                 file=str(root), problem=f"clip folder {CLIP_FOLDERS[split]!r} for the {split} split not found",
                 fix=f"unpack {split}.tar.gz under the root, or use modalities=('text',) (CLI: --modalities text)"))
-        if file_problems:
+        if read.problems:
             continue
-        dialogues.extend(_build_split(split, csv_path, rows, clip_dirs, policies, findings))
+        dialogues.extend(_build_split(split, csv_path, read.rows, clip_dirs, policies, findings))
     raise_problems(problems)
     manifest = Manifest(name="meld", root=str(root), dialogues=dialogues, policies=policies, findings=findings,
                         label_spaces={"emotion": MELD_EMOTION, "sentiment": MELD_SENTIMENT})
@@ -226,8 +228,19 @@ def _index_clips(folders: list[Path]) -> tuple[dict[tuple[int, int], Path], int]
 
 
 # --- reading the CSV ----------------------------------------------------------------------------------
-def _read_split(path: Path, repair_text: bool) -> tuple[list[_Row], list[Finding], int, str]:
-    """Parse one split CSV; returns rows, every fatal problem in the file, repaired-row count, encoding."""
+@dataclass
+class _SplitCsv:
+    """One parsed split CSV: rows, every fatal problem, notes (lines decoded as cp1252), repair counts."""
+
+    rows: list[_Row]
+    problems: list[Finding]
+    notes: list[Finding]
+    repaired: int  # rows whose text held cp1252-as-Latin-1 characters
+    encoding: str  # utf-8, cp1252 or "utf-8 with N line(s) decoded as cp1252"
+
+
+def _read_split(path: Path, repair_text: bool) -> _SplitCsv:
+    """Parse one split CSV, collecting every problem of the file so they are reported together."""
     table = read_csv(path, required=REQUIRED, optional=OPTIONAL, header_hint=HEADER_HINT)
     problems = list(table.problems)
     rows: list[_Row] = []
@@ -254,7 +267,8 @@ def _read_split(path: Path, repair_text: bool) -> tuple[list[_Row], list[Finding
                 parsed.text = fixed
             parsed.speaker = repair_cp1252(parsed.speaker)
         rows.append(parsed)
-    return rows, problems, repaired, table.encoding
+    return _SplitCsv(rows=rows, problems=problems, notes=table.notes, repaired=repaired,
+                     encoding=table.encoding)
 
 
 def _parse_row(path: Path, row_no: int, rec: dict[str, str]) -> tuple[_Row | None, list[Finding]]:
