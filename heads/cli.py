@@ -2,6 +2,7 @@
 
     merc-heads train --head mister-e --store cache.zarr --dataset meld --features minilm,egemaps
     merc-heads train --head ada2i --store cache.zarr --dataset iemocap --features t=minilm,a=egemaps,v=clip --set modulation=false
+    merc-heads train --resume runs/<run>        # continue an interrupted run (Ctrl-C prints this command)
     merc-heads eval runs/<run> --split test
     merc-heads predict runs/<run> --out predictions.csv
     merc-heads list
@@ -22,9 +23,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 
 
 def _console():
-    from rich.console import Console
+    from merc.data_manifests.console import make_console
 
-    return Console(highlight=False, soft_wrap=True)  # no hard line breaks inside paths and commands to copy
+    return make_console()  # no hard line breaks inside paths and commands to copy; whole tables when piped
 
 
 def _fail(exc: Exception) -> None:
@@ -55,68 +56,151 @@ def _parse_sets(items: list[str] | None) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------------
 
+# options of `train` that a --resume takes from the run instead
+_REQUEST_OPTIONS = {"head": "--head", "store": "--store", "dataset": "--dataset", "features": "--features",
+                    "task": "--task", "set_": "--set", "seed": "--seed", "precision": "--precision",
+                    "epochs": "--epochs", "batch_size": "--batch-size", "out": "--out", "device": "--device",
+                    "name": "--name"}
+
+
 @app.command()
 def train(
-    head: Annotated[str, typer.Option(help="Head name (see `merc-heads list`).")],
-    store: Annotated[Path, typer.Option(help="Zarr feature store written by merc-extract.")],
-    dataset: Annotated[str, typer.Option(help="Dataset name inside the store (meld, iemocap, mosi, mosei, ...).")],
-    features: Annotated[str, typer.Option(help="Feature sets: 'minilm,egemaps' (roles from their modality) or 't=minilm,a=egemaps,v=clip'.")],
+    ctx: typer.Context,
+    head: Annotated[str | None, typer.Option(help="Head name (see `merc-heads list`). Required unless --resume.")] = None,
+    store: Annotated[Path | None, typer.Option(help="Zarr feature store written by merc-extract. Required unless --resume.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name inside the store (meld, iemocap, mosi, mosei, ...). Required unless --resume.")] = None,
+    features: Annotated[str | None, typer.Option(help="Feature sets: 'minilm,egemaps' (roles from their modality) or 't=minilm,a=egemaps,v=clip'. Required unless --resume.")] = None,
     task: Annotated[str | None, typer.Option(help="Label space(s) to predict, comma-separated, first = primary; 'all' for every one [default: the dataset's first].")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a head option, optimiser key (lr, weight_decay, optimizer, scheduler, grad_clip...) or trainer key (patience, monitor, eval_batch_size, max_frames). Repeatable.")] = None,
     seed: Annotated[int, typer.Option(help="Seed: a CPU run with the same seed repeats exactly.")] = 0,
     precision: Annotated[str, typer.Option(help="auto (bf16 where the hardware runs it natively), fp32, bf16, fp16 (CUDA only).")] = "auto",
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per training stage [default: the head's, else 50].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Dialogues per batch [default: the head's, else 16].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per training stage, >= 1 [default: the head's, else 50].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Dialogues per batch, >= 1 [default: the head's, else 16].")] = None,
     out: Annotated[Path, typer.Option(help="Folder that receives the run directory.")] = Path("runs"),
     device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1 ...")] = "auto",
     name: Annotated[str | None, typer.Option(help="Run directory name [default: head-dataset-features-seed-time].")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run directory (runs/<run>) from its last completed epoch, with the options it was started with; it ends with the weights an uninterrupted run would have.")] = None,
 ) -> None:
-    """Train a head; the best-dev checkpoint, metrics, predictions and log go to a new run directory."""
+    """Train a head; the best-dev checkpoint, metrics, predictions and log go to a new run directory.
+
+    Ctrl-C stops cleanly (exit 130) and prints the command that resumes the run.
+    """
+    console = _console()
     try:
+        from merc.heads.data import HeadsError
+
+        if resume is not None:
+            given = [flag for param, flag in _REQUEST_OPTIONS.items()
+                     if getattr(ctx.get_parameter_source(param), "name", "DEFAULT") in ("COMMANDLINE", "ENVIRONMENT")]
+            if given:
+                raise HeadsError(f"--resume continues a run with the options it was started with; "
+                                 f"{', '.join(given)} cannot be changed", fix=f"drop {', '.join(given)}, or start a new "
+                                 "run without --resume")
+            try:
+                _resume(console, resume)
+            except KeyboardInterrupt as e:
+                _interrupted(console, e, resume)
+            return
+        missing = [flag for flag, v in (("--head", head), ("--store", store), ("--dataset", dataset),
+                                        ("--features", features)) if v is None]
+        if missing:
+            raise HeadsError(f"missing option{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+                             fix="pass --head, --store, --dataset and --features (merc-heads train --help), or "
+                                 "--resume runs/<run> to continue a run")
         from merc.heads.runs import RunRequest, train_run
 
         req = RunRequest(head=head, store=str(store), dataset=dataset, features=features, tasks=task,
                          overrides=_parse_sets(set_), seed=seed, precision=precision, epochs=epochs,
                          batch_size=batch_size, out=str(out), device=device, name=name)
-        console = _console()
         with _Progress(console) as progress:
             result = train_run(req, callbacks=[progress])
+    except KeyboardInterrupt as e:
+        _interrupted(console, e)
+        return
     except _user_errors() as e:
         _fail(e)
         return
     _print_summary(console, result)
 
 
+def _resume(console, run: Path) -> None:
+    from rich.markup import escape
+
+    from merc.heads.runs import resumable_status, resume_run
+
+    status = resumable_status(run)
+    if status is None:
+        console.print(f"{escape(str(run))} is complete; nothing to resume. Evaluate it with: "
+                      f"merc-heads eval {escape(_quote(run))}")
+        return
+    done = status.get("epochs_done", 0)
+    console.print(f"resuming {escape(str(run))} ({status['status']}) after {done} completed epoch{'s' * (done != 1)}")
+    with _Progress(console) as progress:
+        result = resume_run(run, callbacks=[progress])
+    _print_summary(console, result)
+
+
+def _quote(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def _interrupted(console, exc: KeyboardInterrupt, resuming: Path | None = None) -> None:
+    """Ctrl-C: say where the run stopped and how to resume it; exit 130 (128 + SIGINT), no traceback."""
+    from rich.markup import escape
+
+    if getattr(exc, "run_dir", None) is not None:  # a RunInterrupted (no import: Ctrl-C may land in one)
+        st = exc.status
+        done = st.get("epochs_done", 0)
+        where = f"after {done} completed epoch{'s' * (done != 1)}" if done else "before the first epoch ended"
+        console.print(f"interrupted {where}; the run is saved as interrupted in {escape(str(exc.run_dir))}")
+        console.print(f"resume with: {escape(exc.resume_command)}")
+    elif resuming is not None:
+        console.print(f"interrupted before training continued; {escape(str(resuming))} is as it was")
+        console.print(f"resume with: merc-heads train --resume {escape(_quote(resuming))}")
+    else:
+        console.print("interrupted before the run directory was written; nothing to resume")
+    raise typer.Exit(130)
+
+
 class _Progress:
-    """A rich progress bar over each epoch's batches, and one line per finished epoch (a trainer Callback)."""
+    """A rich progress bar over each epoch's batches (on a terminal only: a log file gets no bar residue), and one
+    line per finished epoch (a trainer Callback)."""
 
     def __init__(self, console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = console
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[loss]}"), console=console,
-                                 transient=True)
+        self.progress = None
+        if console.is_terminal:
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TextColumn("{task.fields[loss]}"), console=console,
+                                     transient=True)
         self.task = None
 
     def __enter__(self):
-        self.progress.__enter__()
+        if self.progress is not None:
+            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        return self.progress.__exit__(*exc) if self.progress is not None else None
 
     def on_stage_start(self, stage: str, epochs: int) -> None:
         if stage != "main":
             self.console.print(f"[bold]stage {stage}[/]")
 
     def on_epoch_start(self, stage: str, epoch: int, n_batches: int) -> None:
+        if self.progress is None:
+            return
         if self.task is not None:
             self.progress.remove_task(self.task)
         self.task = self.progress.add_task(f"epoch {epoch + 1}", total=n_batches, loss="")
 
     def on_step(self, loss: float) -> None:
-        self.progress.update(self.task, advance=1, loss=f"loss {loss:.4f}")
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, loss=f"loss {loss:.4f}")
 
     def on_epoch_end(self, record: dict) -> None:
         dev = "  ".join(f"dev {k[4:]} {v:.4f}" for k, v in record.items()
@@ -171,14 +255,16 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Reload a run's best checkpoint and recompute a split's metrics (compared with the recorded ones)."""
+    console = _console()
     try:
-        from merc.heads.runs import evaluate_run
+        from merc.heads.runs import evaluate_run, verify_run
 
-        metrics, recorded = evaluate_run(run, split, str(store) if store else None, device)
+        notes = verify_run(run)  # complete, and the weights match their recorded checksum
+        metrics, recorded = evaluate_run(run, split, str(store) if store else None, device, verify=False)
     except _user_errors() as e:
         _fail(e)
         return
-    console = _console()
+    _print_notes(notes, json_out)
     if json_out:
         import json
 
@@ -197,8 +283,23 @@ def evaluate(
         console.print("no recorded metrics for this split in metrics.json")
     elif _same(metrics, recorded):
         console.print(f"reproduces the recorded {split} metrics exactly")
+    elif notes:
+        console.print(f"[yellow]differs from the recorded {split} metrics[/] (another machine, device or precision; "
+                      "without a recorded checksum, damaged weights cannot be ruled out)")
     else:
-        console.print(f"[yellow]differs from the recorded {split} metrics[/] (another machine, device or precision?)")
+        console.print(f"[yellow]differs from the recorded {split} metrics[/] (the weights match their checksum: "
+                      "another machine, device or precision?)")
+
+
+def _print_notes(notes: list[str], to_stderr: bool = False) -> None:
+    """Notes about a run (no checksum to check) go to stderr when stdout carries JSON."""
+    from rich.markup import escape
+
+    from merc.data_manifests.console import make_console
+
+    console = make_console(stderr=to_stderr)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
 
 
 def _same(a, b) -> bool:
@@ -222,12 +323,14 @@ def predict(
 ) -> None:
     """Write a run's predictions (best checkpoint) for a split, or every split, to a CSV."""
     try:
-        from merc.heads.runs import predict_run
+        from merc.heads.runs import predict_run, verify_run
 
-        n = predict_run(run, out, split, str(store) if store else None, device)
+        notes = verify_run(run)  # complete, and the weights match their recorded checksum
+        n = predict_run(run, out, split, str(store) if store else None, device, verify=False)
     except _user_errors() as e:
         _fail(e)
         return
+    _print_notes(notes)
     _console().print(f"wrote {n} predictions to {out}")
 
 

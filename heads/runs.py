@@ -1,26 +1,37 @@
 """A run is a directory that says everything about one training: what went in, what came out.
 
     runs/<head>-<dataset>-<features>-s<seed>-<time>/
-      config.json         everything resolved: head + config values, store, dataset, features and their
-                          fingerprints, tasks, seed, precision, optimiser, versions
+      run.json            status: running | complete | interrupted | failed, epoch reached, the error of a
+                          failed run, timestamps, the SHA-256 of model.safetensors recorded at every save
+      config.json         everything resolved: the request as given (what `--resume` re-runs), head + config
+                          values, store, dataset, features and their fingerprints, tasks, seed, precision,
+                          optimiser, versions
       head_config.json    what rebuilds the head without the store: name, config, input dims, tasks
-      model.safetensors   the best-dev weights
+      model.safetensors   the best-dev weights, rewritten at every dev improvement while training
+      resume.safetensors  while training: the state after the last completed epoch (heads/checkpoint.py)
       feature_stats.safetensors  per role, the train-split mean and std that standardised the features
       metrics.json        per split and task: overall metrics, per class, confusion matrix
       predictions.csv     utterance_id, split, task, gold, pred, probabilities (every utterance)
       log.jsonl           one line per epoch
       learning_curve.png  train/dev loss and the dev metric per epoch
 
-`evaluate_run` reloads a run and recomputes a split's metrics; on the same machine it reproduces the
-recorded ones exactly (same weights, same eval batches, same precision).
+Every file is written atomically (a temporary file, then a rename). A Ctrl-C marks the run interrupted and
+`merc-heads train --resume <run>` continues it from the last completed epoch, ending with the weights the
+uninterrupted run would have. `evaluate_run` reloads a complete run (its weights checked against the recorded
+SHA-256) and recomputes a split's metrics; on the same machine it reproduces the recorded ones exactly (same
+weights, same eval batches, same precision).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
+import math
+import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,8 +41,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from merc.extract.store import StoreReader
+from merc.extract.store import FRAMES, StoreReader, normalize_levels
 
+from .checkpoint import (
+    MODEL_FILE,
+    RESUME_FILE,
+    STATUS_FILE,
+    RunRecord,
+    TrainState,
+    atomic_path,
+    atomic_write_text,
+    load_state,
+    lock_is_held,
+    now,
+    read_status,
+    remove_stale_temps,
+    run_lock,
+    save_model_atomic,
+    save_state,
+    sha256_file,
+    sigint_deferred,
+)
 from .data import HeadsData, HeadsError, resolve_roles
 from .models.base import Head, TaskSpec
 from .registry import available_heads, head_class, make_config
@@ -42,17 +72,23 @@ from .trainer import (
     TaskPredictions,
     TrainConfig,
     Trainer,
+    check_settings,
+    override_problems,
     predict,
     resolve_device,
     seed_everything,
+    train_config_problems,
 )
 
-RUN_FORMAT = 1
+RUN_FORMAT = 2  # 2: run.json, resumable training, the request in config.json
 SPLITS = ("train", "dev", "test")
 # --set keys for the trainer itself (besides the optimiser keys and the head's config fields).
 TRAINER_KEYS = ("patience", "eval_batch_size", "monitor", "max_frames", "normalize")
 # optional entries of head.optimizer_config() that set the trainer's defaults (a paper's batch size, epochs)
 SCHEDULE_KEYS = ("epochs", "batch_size", "patience")
+# the RunRequest fields config.json records, so that `--resume` repeats the request exactly
+REQUEST_FIELDS = ("head", "store", "dataset", "features", "tasks", "overrides", "seed", "precision", "epochs",
+                  "batch_size", "device", "out", "name")
 
 
 @dataclass
@@ -73,12 +109,42 @@ class RunRequest:
     device: str = "auto"
     name: str | None = None
 
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in REQUEST_FIELDS}
+        d["store"] = str(Path(self.store).resolve())  # a resume may start in another working directory
+        d["overrides"] = {k: v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+                          for k, v in self.overrides.items()}
+        if isinstance(d["tasks"], (list, tuple)):
+            d["tasks"] = ",".join(d["tasks"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunRequest:
+        return cls(**{k: d[k] for k in REQUEST_FIELDS if k in d})
+
 
 @dataclass
 class RunResult:
     run_dir: Path
     metrics: dict  # split -> task -> metrics
     fit: FitResult
+    resumed_from: int | None = None  # epochs already done when a resumed run continued
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C (SIGINT): the run is marked interrupted and can be resumed."""
+
+    def __init__(self, run_dir: Path, status: dict):
+        super().__init__(str(run_dir))
+        self.run_dir, self.status = run_dir, status
+
+    @property
+    def resume_command(self) -> str:
+        return resume_command(self.run_dir)
+
+
+def resume_command(run_dir: str | Path) -> str:
+    return f"merc-heads train --resume {shlex.quote(str(run_dir))}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,19 +246,58 @@ def versions() -> dict[str, str]:
 # train
 # ---------------------------------------------------------------------------------------------------
 
-def train_run(req: RunRequest, callbacks: list[Callback] | None = None) -> RunResult:
-    """Load the features, build and train the head, evaluate every split, write the run directory."""
+@dataclass
+class _Prepared:
+    """A request resolved into data, a head and a trainer: everything before the run directory exists."""
+
+    req: RunRequest
+    cls: type[Head]
+    cfg: Any  # the head's config dataclass
+    data: HeadsData
+    head: Head
+    trainer: Trainer
+    max_frames: int | None
+    normalize: str
+
+
+def check_request(req: RunRequest, trainer_over: dict | None = None, optim_over: dict | None = None) -> None:
+    """The numbers of a request that need no data (--epochs, --batch-size, --seed, --set patience=..., lr=...),
+    checked before anything loads; the Trainer checks the resolved settings again, head defaults included."""
+    trainer_over = trainer_over or {}
+    probe = TrainConfig(epochs=1 if req.epochs is None else req.epochs,
+                        batch_size=1 if req.batch_size is None else req.batch_size, seed=req.seed,
+                        patience=_whole_or_raw(trainer_over.get("patience", 1)),
+                        eval_batch_size=_whole_or_raw(trainer_over.get("eval_batch_size", 1)))
+    problems = train_config_problems(probe) + override_problems(optim_over or {})
+    max_frames = trainer_over.get("max_frames")
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0):
+        problems.append((f"--set max_frames={max_frames}", "max_frames must be a whole number >= 0 (0 or none = every "
+                                                           "frame)"))
+    check_settings(problems)
+
+
+def _whole_or_raw(value: Any) -> Any:
+    """A --set value as an int when it is a whole number (the trainer's checks report anything else)."""
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return int(value)
+    return value
+
+
+def _prepare(req: RunRequest, callbacks: list[Callback] | None, *, fingerprints: dict | None = None,
+             stats: dict | None = None) -> _Prepared:
     cls = head_cls_or_error(req.head)
     head_over, optim_over, trainer_over = split_overrides(req.head, req.overrides)
     cfg = _make_config(req.head, head_over)
-    max_frames = int(trainer_over.get("max_frames", 64) or 0) or None
+    # optimiser keys a head keeps among its own options (lr, weight_decay...) are checked with the others
+    check_request(req, trainer_over, {**{k: getattr(cfg, k) for k in head_over if k in OPTIM_KEYS}, **optim_over})
+    max_frames = trainer_over.get("max_frames", 64) or None
     normalize = str(trainer_over.get("normalize", "zscore") or "none")  # --set normalize=none parses to None
     check_roles(cls, resolve_roles(StoreReader(req.store), req.dataset, req.features))  # before any heavy read
     # a multi-task head (MMoLRE: sentiment + emotions) may ask for every label space by default
     default_tasks = getattr(cls, "default_tasks", None)
     tasks = req.tasks if req.tasks is not None else (default_tasks(cfg) if default_tasks else None)
-    data = HeadsData.load(req.store, req.dataset, req.features, tasks=tasks,
-                          frames="frames" in cls.levels, max_frames=max_frames, normalize=normalize)
+    data = HeadsData.load(req.store, req.dataset, req.features, tasks=tasks, frames=FRAMES in cls.levels,
+                          max_frames=max_frames, normalize=normalize, fingerprints=fingerprints, stats=stats)
     seed_everything(req.seed)  # the head's initial weights come from the seeded generator too
     try:
         head = cls(cfg, data.dims, data.tasks)
@@ -201,62 +306,202 @@ def train_run(req: RunRequest, callbacks: list[Callback] | None = None) -> RunRe
 
     schedule = {k: v for k, v in head.optimizer_config().items() if k in SCHEDULE_KEYS}
     tcfg = TrainConfig(
-        epochs=req.epochs or int(schedule.get("epochs", TrainConfig.epochs)),
-        batch_size=req.batch_size or int(schedule.get("batch_size", TrainConfig.batch_size)),
-        patience=int(trainer_over.get("patience", schedule.get("patience", TrainConfig.patience))),
-        eval_batch_size=int(trainer_over.get("eval_batch_size", TrainConfig.eval_batch_size)),
+        epochs=req.epochs if req.epochs is not None else int(schedule.get("epochs", TrainConfig.epochs)),
+        batch_size=req.batch_size if req.batch_size is not None else int(schedule.get("batch_size",
+                                                                                      TrainConfig.batch_size)),
+        patience=_whole_or_raw(trainer_over.get("patience", schedule.get("patience", TrainConfig.patience))),
+        eval_batch_size=_whole_or_raw(trainer_over.get("eval_batch_size", TrainConfig.eval_batch_size)),
         monitor=trainer_over.get("monitor"), seed=req.seed, precision=req.precision, device=req.device,
         optim=optim_over)
-    trainer = Trainer(head, data, tcfg, callbacks)
-    run_dir = _new_run_dir(req.out, req, data.roles)
-    logger = _RunLog(run_dir / "log.jsonl")
-    trainer.callbacks.append(logger)
+    trainer = Trainer(head, data, tcfg, list(callbacks or []))  # checks every setting: before any run directory
+    return _Prepared(req, cls, cfg, data, head, trainer, max_frames, normalize)
 
-    config = {
-        "merc_run_format": RUN_FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "command": sys.argv,
-        "head": req.head,
-        "head_config": dataclasses.asdict(cfg),
-        "overrides": {k: str(v) for k, v in req.overrides.items()},
-        "store": str(Path(req.store).resolve()),
-        "dataset": req.dataset,
-        "features": data.roles,
-        "fingerprints": data.fingerprints,
-        "feature_dims": data.dims,
-        "levels": list(cls.levels),
-        "max_frames": max_frames,
-        "normalize": normalize,
-        "tasks": [_task_dict(t) for t in data.tasks],
-        "monitor": trainer.monitor,
-        "train": {**dataclasses.asdict(tcfg), "precision_requested": req.precision, "precision": trainer.precision,
-                  "device": str(trainer.device)},
-        "optimizer": trainer.settings,
-        "versions": versions(),
-    }
-    _write_json(run_dir / "config.json", config)
-    _write_json(run_dir / "head_config.json", {"head": req.head, "config": dataclasses.asdict(cfg),
-                                               "dims": data.dims, "tasks": [_task_dict(t) for t in data.tasks]})
 
-    save_feature_stats(data.stats, run_dir / "feature_stats.safetensors")
-    fit = trainer.fit()
-    save_weights(head, run_dir / "model.safetensors")
-    all_preds = {s: trainer.evaluate(s) for s in SPLITS if len(data.split_dialogues(s))}
-    metrics = {s: {t: p.metrics() for t, p in preds.items()} for s, preds in all_preds.items()}
-    _write_json(run_dir / "metrics.json", {"monitor": fit.monitor, "primary_task": data.tasks[0].name,
-                                           "best": fit.best, "precision": fit.precision, "device": fit.device,
-                                           "train_seconds": round(fit.seconds, 3), "splits": metrics})
-    write_predictions(run_dir / "predictions.csv", data, all_preds)
-    plot_learning_curve(fit.history, fit.monitor, run_dir / "learning_curve.png")
-    return RunResult(run_dir, metrics, fit)
+def train_run(req: RunRequest, callbacks: list[Callback] | None = None) -> RunResult:
+    """Load the features, build and train the head, evaluate every split, write the run directory.
+
+    Raises RunInterrupted (a KeyboardInterrupt) on Ctrl-C, with the run marked interrupted and resumable; any
+    other error marks the run failed (run.json holds the message) and propagates.
+    """
+    p = _prepare(req, callbacks)
+    run_dir = _new_run_dir(req.out, req, p.data.roles)
+    with run_lock(run_dir):
+        record = RunRecord.create(run_dir, resume_command(run_dir), list(p.head.stages()), p.trainer.cfg.epochs)
+
+        def setup() -> None:
+            cls, cfg, data, trainer = p.cls, p.cfg, p.data, p.trainer
+            config = {
+                "merc_run_format": RUN_FORMAT,
+                "created": record.data["created"],
+                "command": sys.argv,
+                "request": req.to_dict(),
+                "head": req.head,
+                "head_config": dataclasses.asdict(cfg),
+                "overrides": {k: str(v) for k, v in req.overrides.items()},
+                "store": str(Path(req.store).resolve()),
+                "dataset": req.dataset,
+                "features": data.roles,
+                "fingerprints": data.fingerprints,
+                "feature_dims": data.dims,
+                "levels": list(cls.levels),
+                "max_frames": p.max_frames,
+                "normalize": p.normalize,
+                "tasks": [_task_dict(t) for t in data.tasks],
+                "monitor": trainer.monitor,
+                "train": {**dataclasses.asdict(trainer.cfg), "precision_requested": req.precision,
+                          "precision": trainer.precision, "device": str(trainer.device)},
+                "optimizer": trainer.settings,
+                "versions": versions(),
+            }
+            _write_json(run_dir / "config.json", config)
+            _write_json(run_dir / "head_config.json", {"head": req.head, "config": dataclasses.asdict(cfg),
+                                                       "dims": data.dims,
+                                                       "tasks": [_task_dict(t) for t in data.tasks]})
+            save_feature_stats(data.stats, run_dir / "feature_stats.safetensors")
+
+        return _execute(p, run_dir, record, None, setup)
+
+
+def resumable_status(run_dir: str | Path) -> dict | None:
+    """run.json of a run that `resume_run` can continue; None when the run is already complete.
+    Anything that is not a resumable run directory is a HeadsError saying why."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise HeadsError(f"{run_dir} is not a run directory (it does not exist)" if not run_dir.exists() else
+                         f"{run_dir} is not a run directory (it is a file)",
+                         fix="pass a directory written by merc-heads train, e.g. --resume runs/<run>")
+    status = read_status(run_dir)
+    if status is None:
+        if (run_dir / "config.json").exists():
+            raise HeadsError(f"{STATUS_FILE} is missing: the run was written before merc-heads made runs "
+                             "resumable", file=str(run_dir),
+                             fix="train it again with merc-heads train (merc-heads eval still reads it)")
+        raise HeadsError(f"{run_dir} is not a run directory (it has no {STATUS_FILE} or config.json)",
+                         fix="pass a directory written by merc-heads train, e.g. --resume runs/<run>")
+    if status["status"] == "complete":
+        return None
+    if lock_is_held(run_dir):
+        raise HeadsError("another merc-heads process is training in this run directory right now", file=str(run_dir),
+                         fix="wait for it to finish (or stop it with Ctrl-C), then resume")
+    return status
+
+
+def resume_run(run_dir: str | Path, callbacks: list[Callback] | None = None) -> RunResult:
+    """Continue an interrupted (or killed, or failed) run from its last completed epoch, with the request recorded
+    in its config.json; it ends with the weights the uninterrupted run ends with (bitwise on the CPU)."""
+    run_dir = Path(run_dir)
+    if resumable_status(run_dir) is None:
+        raise HeadsError("the run is complete; there is nothing to resume", file=str(run_dir),
+                         fix=f"evaluate it: merc-heads eval {shlex.quote(str(run_dir))}")
+    config = _read_json(run_dir / "config.json")
+    if not isinstance(config.get("request"), dict):
+        raise HeadsError("config.json records no request to resume (a run from an older merc-heads)",
+                         file=str(run_dir), fix="train it again with merc-heads train")
+    try:
+        req = RunRequest.from_dict(config["request"])
+        fingerprints = dict(config["fingerprints"])
+        recorded_cfg = config["head_config"]
+    except (KeyError, TypeError) as e:
+        raise HeadsError(f"config.json is incomplete ({e})", file=str(run_dir),
+                         fix="restore it from a copy of the run directory, or train the run again") from None
+    stats_file = run_dir / "feature_stats.safetensors"
+    stats = load_feature_stats(stats_file) if stats_file.exists() else None
+    with run_lock(run_dir):
+        remove_stale_temps(run_dir)
+        p = _prepare(req, callbacks, fingerprints=fingerprints, stats=stats)
+        if json.loads(json.dumps(dataclasses.asdict(p.cfg), default=_json_default)) != recorded_cfg:
+            raise HeadsError("the head's configuration now resolves differently from the one the run recorded",
+                             file=str(run_dir / "config.json"),
+                             fix="resume with the merc version that started the run, or train a new run")
+        resume_file = run_dir / RESUME_FILE
+        state = load_state(resume_file) if resume_file.exists() else None  # none: stopped before epoch 1 ended
+        record = RunRecord.open(run_dir)
+        done = len(state.history) if state is not None else 0
+        record.update(status="running", started=now(), finished=None, error=None, pid=os.getpid(),
+                      resumed=[*record.data.get("resumed", []), {"at": now(), "epochs_done": done}],
+                      resume_command=resume_command(run_dir))
+        # the log holds exactly the epochs the state holds (a kill may have come between the two writes)
+        atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in (state.history if state else [])))
+        return _execute(p, run_dir, record, state, None, resumed_from=done)
+
+
+def _execute(p: _Prepared, run_dir: Path, record: RunRecord, state: TrainState | None, setup,
+             resumed_from: int | None = None) -> RunResult:
+    """Train (from `state` when resuming), then evaluate and write the results; keep run.json's status true."""
+    trainer, head, data = p.trainer, p.head, p.data
+    # checkpoint and log first: a display callback that raises (Ctrl-C lands anywhere) comes after the saves
+    trainer.callbacks[:0] = [_RunCheckpoint(run_dir, record), _RunLog(run_dir / "log.jsonl")]
+    try:
+        if setup is not None:
+            setup()
+        fit = trainer.fit(resume=state)
+        with sigint_deferred():
+            sha = save_model_atomic(head, run_dir / MODEL_FILE)
+            record.update(model_sha256=sha, model_saved=now())
+        all_preds = {s: trainer.evaluate(s) for s in SPLITS if len(data.split_dialogues(s))}
+        metrics = {s: {t: pr.metrics() for t, pr in preds.items()} for s, preds in all_preds.items()}
+        _write_json(run_dir / "metrics.json", {"monitor": fit.monitor, "primary_task": data.tasks[0].name,
+                                               "best": fit.best, "precision": fit.precision, "device": fit.device,
+                                               "train_seconds": round(fit.seconds, 3), "splits": metrics})
+        write_predictions(run_dir / "predictions.csv", data, all_preds)
+        plot_learning_curve(fit.history, fit.monitor, run_dir / "learning_curve.png")
+        with sigint_deferred():
+            record.update(status="complete", finished=now(), error=None)
+    except KeyboardInterrupt:
+        with contextlib.suppress(KeyboardInterrupt), sigint_deferred():
+            record.update(status="interrupted", interrupted=now())
+        raise RunInterrupted(run_dir, dict(record.data)) from None
+    except BaseException as e:
+        with contextlib.suppress(KeyboardInterrupt), sigint_deferred():
+            record.update(status="failed", error=str(e) or type(e).__name__, failed=now())
+        raise
+    # the resume state holds the optimiser's moments and a copy of the weights: a complete run needs neither
+    with contextlib.suppress(OSError):
+        (run_dir / RESUME_FILE).unlink()
+    return RunResult(run_dir, metrics, fit, resumed_from)
+
+
+class _RunCheckpoint(Callback):
+    """Writes the best-so-far weights at every dev improvement and the resume state at every epoch's end,
+    atomically, each with its run.json update (a Ctrl-C waits until both are written)."""
+
+    def __init__(self, run_dir: Path, record: RunRecord):
+        self.run_dir, self.record = run_dir, record
+
+    def on_best(self, head: Head, stage: str, epoch: int) -> None:
+        with sigint_deferred():
+            sha = save_model_atomic(head, self.run_dir / MODEL_FILE)
+            self.record.update(model_sha256=sha, model_saved=now(), best={"stage": stage, "epoch": epoch + 1})
+
+    def on_checkpoint(self, state: TrainState) -> None:
+        with sigint_deferred():
+            save_state(state, self.run_dir / RESUME_FILE)
+            self.record.update(stage=state.stage, stage_epoch=state.epoch + 1, epochs_done=len(state.history))
 
 
 def _make_config(head: str, overrides: dict[str, Any]):
     try:
         return make_config(head, overrides)
     except (KeyError, ValueError) as e:
+        bad = _bad_option(head, overrides)
+        if bad is not None:
+            key, default = bad
+            kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(type(default), "a value")
+            raise HeadsError(f"--set {key}={overrides[key]} is not {kind}",
+                             fix=f"give {key} {kind} (default {default}; merc-heads list shows every option)") from None
         raise HeadsError(f"bad option for head {head!r}: {e.args[0] if e.args else e}",
                          fix="check --set key=value against `merc-heads list`") from None
+
+
+def _bad_option(head: str, overrides: dict[str, Any]) -> tuple[str, Any] | None:
+    """The first --set value that the head's config cannot take, with that option's default."""
+    for key in overrides:
+        try:
+            make_config(head, {key: overrides[key]})
+        except (KeyError, ValueError):
+            defaults = head_class(head).config_cls()
+            return (key, getattr(defaults, key)) if hasattr(defaults, key) else None
+    return None
 
 
 def _task_dict(t: TaskSpec) -> dict:
@@ -273,7 +518,7 @@ class _RunLog(Callback):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
 
 
 def _json_default(o: Any) -> Any:
@@ -288,28 +533,39 @@ def _json_default(o: Any) -> Any:
 # checkpoint
 # ---------------------------------------------------------------------------------------------------
 
-def save_weights(head: Head, path: Path) -> None:
-    from safetensors.torch import save_model
-
-    save_model(head, str(path))  # handles tied weights; tensors only, no pickle
+def save_weights(head: Head, path: Path) -> str:
+    """Write the head's weights as safetensors (tied weights handled, no pickle), atomically; returns the SHA-256."""
+    return save_model_atomic(head, path)
 
 
 def save_feature_stats(stats: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
     from safetensors.numpy import save_file
 
-    save_file({f"{role}.{k}": np.ascontiguousarray(a) for role, (mean, std) in stats.items()
-               for k, a in (("mean", mean), ("std", std))}, str(path))
+    with atomic_path(path) as tmp:
+        save_file({f"{role}.{k}": np.ascontiguousarray(a) for role, (mean, std) in stats.items()
+                   for k, a in (("mean", mean), ("std", std))}, str(tmp))
 
 
-def load_feature_stats(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+_RESTORE = "restore it from an intact copy of the run directory, or retrain the run (merc-heads train)"
+
+
+def load_feature_stats(path: Path, roles: list[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from safetensors.numpy import load_file
 
     if not path.exists():
         raise HeadsError(f"{path.name} is missing", file=str(path.parent),
-                         fix="the run was trained with feature standardisation; retrain it, or copy the whole run "
-                             "directory")
-    flat = load_file(str(path))
-    return {role: (flat[f"{role}.mean"], flat[f"{role}.std"]) for role in {k.split(".")[0] for k in flat}}
+                         fix="the run was trained with feature standardisation; " + _RESTORE)
+    try:
+        flat = load_file(str(path))
+        stats = {role: (flat[f"{role}.mean"], flat[f"{role}.std"]) for role in {k.split(".")[0] for k in flat}}
+    except Exception as e:  # safetensors header/format errors, a missing mean or std
+        raise HeadsError(f"{path.name} cannot be read ({type(e).__name__}: {e}); the file is damaged",
+                         file=str(path.parent), fix=_RESTORE) from None
+    missing = [r for r in roles or [] if r not in stats]
+    if missing:
+        raise HeadsError(f"{path.name} has no statistics for role(s) {', '.join(missing)}", file=str(path.parent),
+                         fix=_RESTORE)
+    return stats
 
 
 def load_head(run_dir: str | Path, device: torch.device | str = "cpu") -> Head:
@@ -318,64 +574,158 @@ def load_head(run_dir: str | Path, device: torch.device | str = "cpu") -> Head:
 
     run_dir = Path(run_dir)
     hc = _read_json(run_dir / "head_config.json")
-    cls = head_cls_or_error(hc["head"])
-    defaults = cls.config_cls()
-    values = {k: tuple(v) if isinstance(getattr(defaults, k, None), tuple) and isinstance(v, list) else v
-              for k, v in hc["config"].items()}
-    cfg = _make_config(hc["head"], values)
-    tasks = [TaskSpec(t["name"], t["kind"], tuple(t["classes"])) for t in hc["tasks"]]
-    head = cls(cfg, hc["dims"], tasks)
-    load_model(head, str(run_dir / "model.safetensors"), strict=True, device=str(device))
+    try:
+        cls = head_cls_or_error(hc["head"])
+        defaults = cls.config_cls()
+        values = {k: tuple(v) if isinstance(getattr(defaults, k, None), tuple) and isinstance(v, list) else v
+                  for k, v in hc["config"].items()}
+        cfg = _make_config(hc["head"], values)
+        tasks = [TaskSpec(t["name"], t["kind"], tuple(t["classes"])) for t in hc["tasks"]]
+        dims = {str(k): int(v) for k, v in hc["dims"].items()}
+        head = cls(cfg, dims, tasks)
+    except HeadsError as e:
+        raise HeadsError(f"head_config.json: {e}", file=str(run_dir), fix=_RESTORE) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise HeadsError(f"head_config.json is incomplete or invalid ({type(e).__name__}: {e})", file=str(run_dir),
+                         fix=_RESTORE) from None
+    weights = run_dir / MODEL_FILE
+    if not weights.exists():
+        raise HeadsError(f"{MODEL_FILE} is missing", file=str(run_dir), fix=_RESTORE)
+    try:
+        load_model(head, str(weights), strict=True, device=str(device))
+    except Exception as e:  # a truncated or overwritten header, missing tensors, other shapes
+        raise HeadsError(f"{MODEL_FILE} cannot be loaded into the {hc['head']} head ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); the file is damaged or belongs to another run",
+                         file=str(run_dir), fix=_RESTORE) from None
     return head.to(device)
 
 
 def _read_json(path: Path) -> dict:
     if not path.exists():
-        raise HeadsError(f"{path.name} is missing", file=str(path.parent),
-                         fix="pass a run directory written by merc-heads train (it holds config.json)")
-    return json.loads(path.read_text())
+        fix = ("pass a run directory written by merc-heads train (it holds config.json)" if path.name == "config.json"
+               and not path.parent.exists() else _RESTORE)
+        raise HeadsError(f"{path.name} is missing", file=str(path.parent), fix=fix)
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HeadsError(f"{path.name} is not valid JSON ({e}); the file is damaged", file=str(path.parent),
+                         fix=_RESTORE) from None
+    if not isinstance(obj, dict):
+        raise HeadsError(f"{path.name} holds no JSON object; the file is damaged", file=str(path.parent), fix=_RESTORE)
+    return obj
 
 
-def load_run(run_dir: str | Path, store: str | None = None, device: str = "auto") -> tuple[Head, HeadsData, dict, torch.device, str]:
-    """A run's head (best weights), its data (fingerprints checked), config, device and eval precision."""
+def verify_run(run_dir: str | Path) -> list[str]:
+    """Check that a run can be evaluated: complete (per run.json) and model.safetensors matching the SHA-256 recorded
+    when it was saved. Returns notes for the user (a run from before run.json cannot be checked)."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise HeadsError(f"{run_dir} is not a run directory" + (" (it does not exist)" if not run_dir.exists() else ""),
+                         fix="pass a directory written by merc-heads train, e.g. runs/<run>")
+    status = read_status(run_dir)
+    if status is None:
+        if not any((run_dir / f).exists() for f in ("config.json", "head_config.json", MODEL_FILE)):
+            raise HeadsError(f"{run_dir} is not a run directory (no {STATUS_FILE}, config.json or {MODEL_FILE})",
+                             fix="pass a directory written by merc-heads train, e.g. runs/<run>")
+        return [f"this run has no {STATUS_FILE} (it predates merc-heads recording one): the checksum of "
+                f"{MODEL_FILE} cannot be checked"]
+    if status["status"] != "complete":
+        problem, fix = _incomplete(run_dir, status)
+        raise HeadsError(problem, file=str(run_dir), fix=fix)
+    weights = run_dir / MODEL_FILE
+    if not weights.exists():
+        raise HeadsError(f"{MODEL_FILE} is missing", file=str(run_dir), fix=_RESTORE)
+    expected = status.get("model_sha256")
+    if not expected:
+        return [f"{STATUS_FILE} records no checksum of {MODEL_FILE}: it cannot be checked"]
+    if sha256_file(weights) != expected:
+        raise HeadsError(f"{MODEL_FILE} does not match the checksum recorded at save time; the file is damaged "
+                         "(a partial copy, a disk or transfer error, or an edit)", file=str(run_dir),
+                         fix="retrain or restore it: copy the run directory again from an intact copy, or train the "
+                             "run again (merc-heads train)")
+    return []
+
+
+def _incomplete(run_dir: Path, status: dict) -> tuple[str, str]:
+    """The message and fix for a run that is not complete: its status, the epoch it reached, how to resume."""
+    stages = status.get("stages") or ["main"]
+    stage, n = status.get("stage", stages[0]), status.get("stage_epoch", 0)
+    where = (f"epoch {n}" if len(stages) == 1 else f"epoch {n} of stage {stage} ({status.get('epochs_done', n)} "
+             f"epochs in all)") if n else "before its first epoch ended"
+    resume = resume_command(run_dir)
+    kind = status["status"]
+    if kind == "interrupted":
+        return (f"the run is interrupted: it stopped after {where} and has no final weights or metrics",
+                f"resume it: {resume}")
+    if kind == "failed":
+        return (f"the run failed after {where}: {status.get('error') or 'no message recorded'}",
+                f"fix the cause, then resume it ({resume}) or train a new run")
+    if lock_is_held(run_dir):
+        return (f"the run is still training (status running, reached {where})",
+                "wait for it to finish")
+    return (f"the run did not finish: its process stopped (killed?) after {where}; status running, last update "
+            f"{status.get('updated', '?')}", f"resume it: {resume}")
+
+
+def load_run(run_dir: str | Path, store: str | None = None, device: str = "auto",
+             verify: bool = True) -> tuple[Head, HeadsData, dict, torch.device, str]:
+    """A run's head (best weights), its data (fingerprints checked), config, device and eval precision.
+    `verify`: check the run's status and its weights' checksum first (verify_run)."""
+    run_dir = Path(run_dir)
+    if verify:
+        verify_run(run_dir)
     config = _read_json(run_dir / "config.json")
+    try:
+        normalize = config.get("normalize", "none")
+        roles = dict(config["features"])
+        stats = (load_feature_stats(run_dir / "feature_stats.safetensors", list(roles))
+                 if normalize == "zscore" else None)
+        load_args = dict(store=store or config["store"], dataset=config["dataset"], features=roles,
+                         tasks=[t["name"] for t in config["tasks"]], frames=FRAMES in normalize_levels(config["levels"]),
+                         max_frames=config.get("max_frames"), fingerprints=config["fingerprints"])
+        precision = config["train"]["precision"]
+        int(config["train"]["eval_batch_size"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise HeadsError(f"config.json is incomplete or invalid ({type(e).__name__}: {e})", file=str(run_dir),
+                         fix=_RESTORE) from None
     dev = resolve_device(device)
-    normalize = config.get("normalize", "none")
-    stats = load_feature_stats(run_dir / "feature_stats.safetensors") if normalize == "zscore" else None
-    data = HeadsData.load(store or config["store"], config["dataset"], config["features"],
-                          tasks=[t["name"] for t in config["tasks"]], frames="frames" in config["levels"],
-                          max_frames=config.get("max_frames"), fingerprints=config["fingerprints"],
-                          normalize=normalize, stats=stats)
-    head = load_head(run_dir, dev)
-    precision = config["train"]["precision"]
+    head = load_head(run_dir, dev)  # before the (slower) store read: a damaged run fails fast
+    data = HeadsData.load(load_args.pop("store"), load_args.pop("dataset"), load_args.pop("features"),
+                          normalize=normalize, stats=stats, **load_args)
     if precision == "fp16" and dev.type != "cuda":
         precision = "fp32"  # fp16 autocast exists on CUDA only; the numbers will differ slightly
     return head, data, config, dev, precision
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", store: str | None = None,
-                 device: str = "auto") -> tuple[dict, dict | None]:
+                 device: str = "auto", verify: bool = True) -> tuple[dict, dict | None]:
     """(metrics recomputed from the checkpoint, metrics recorded at training time) for one split."""
-    head, data, config, dev, precision = load_run(run_dir, store, device)
+    head, data, config, dev, precision = load_run(run_dir, store, device, verify)
     _check_split(data, split)
+    recorded_file = Path(run_dir) / "metrics.json"
+    recorded = None
+    if recorded_file.exists():
+        splits = _read_json(recorded_file).get("splits")
+        if not isinstance(splits, dict):
+            raise HeadsError("metrics.json holds no per-split metrics; the file is damaged", file=str(run_dir),
+                             fix=_RESTORE)
+        recorded = splits.get(split)
     preds, _ = predict(head, data, split, batch_size=config["train"]["eval_batch_size"], device=dev,
                        precision=precision)
     metrics = {t: p.metrics() for t, p in preds.items()}
-    recorded_file = Path(run_dir) / "metrics.json"
-    recorded = json.loads(recorded_file.read_text())["splits"].get(split) if recorded_file.exists() else None
     return metrics, recorded
 
 
 def predict_run(run_dir: str | Path, out: str | Path, split: str = "all", store: str | None = None,
-                device: str = "auto") -> int:
+                device: str = "auto", verify: bool = True) -> int:
     """Write predictions of a split (or every split) to a CSV; returns the number of rows."""
-    head, data, config, dev, precision = load_run(run_dir, store, device)
+    head, data, config, dev, precision = load_run(run_dir, store, device, verify)
     splits = [s for s in SPLITS if len(data.split_dialogues(s))] if split == "all" else [split]
     for s in splits:
         _check_split(data, s)
     all_preds = {s: predict(head, data, s, batch_size=config["train"]["eval_batch_size"], device=dev,
                             precision=precision)[0] for s in splits}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     return write_predictions(Path(out), data, all_preds)
 
 
@@ -393,7 +743,7 @@ def write_predictions(path: Path, data: HeadsData, all_preds: dict[str, dict[str
     """One row per (utterance, task): gold and predicted labels by name (multilabel: JSON lists), probabilities as a
     JSON object {class: p} (regression: the predicted value in `pred`, no probabilities); gold "" = unlabelled."""
     n = 0
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["utterance_id", "split", "task", "gold", "pred", "probabilities"])
         for split, preds in all_preds.items():
@@ -439,5 +789,6 @@ def plot_learning_curve(history: list[dict], monitor: str, path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

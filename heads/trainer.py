@@ -5,21 +5,30 @@ expects to be the same across heads lives here, so that comparing two heads comp
 not their loops: the optimiser built from `head.optimizer_config()` (CLI `--set lr=...` wins), mixed
 precision, gradient clipping, early stopping on the dev split's primary metric, exact CPU repeats
 under a seed.
+
+Every setting is checked before training starts (an invalid number is one error listing what is valid).
+At the end of every epoch the trainer hands its callbacks a `TrainState` (weights, optimiser, scheduler,
+stage, epoch, early-stopping counters, history, every random generator); `fit(resume=state)` continues from
+it and ends with the weights the uninterrupted fit ends with (bitwise on the CPU). heads/runs.py saves it
+(heads/checkpoint.py) together with the best-so-far weights at every dev improvement.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 import torch
 
+from .checkpoint import TrainState, capture_rng, restore_rng
 from .data import HeadsData, HeadsError
 from .metrics import PRIMARY, is_better, task_metrics
 from .models.base import Batch, Head, TaskSpec
@@ -108,19 +117,130 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 # optimiser
 # ---------------------------------------------------------------------------------------------------
 
-def optimizer_settings(head: Head, overrides: dict | None = None) -> dict:
-    """The head's optimiser spec with CLI overrides applied (`optimizer=adam` sets its "name")."""
-    cfg = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "betas": (0.9, 0.999), "eps": 1e-8, "grad_clip": None,
-           "scheduler": None, "plateau_factor": 0.1, "plateau_patience": 10}
-    cfg.update(head.optimizer_config())
+OPTIM_DEFAULTS = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "betas": (0.9, 0.999), "eps": 1e-8,
+                  "grad_clip": None, "scheduler": None, "plateau_factor": 0.1, "plateau_patience": 10}
+
+
+def _merge_optim(base: dict, overrides: dict | None) -> dict:
+    cfg = dict(base)
     for key, value in (overrides or {}).items():
         cfg["name" if key == "optimizer" else key] = value
     cfg["name"] = str(cfg["name"]).lower()
     if cfg["scheduler"] in ("none", "None", ""):
         cfg["scheduler"] = None
-    if cfg["grad_clip"] is not None and float(cfg["grad_clip"]) <= 0:
+    return cfg
+
+
+def optimizer_settings(head: Head, overrides: dict | None = None, *, check: bool = True) -> dict:
+    """The head's optimiser spec with CLI overrides applied (`optimizer=adam` sets its "name"), checked."""
+    cfg = _merge_optim({**OPTIM_DEFAULTS, **head.optimizer_config()}, overrides)
+    if check:
+        check_settings(optimizer_problems(cfg))
+    clip = _number(cfg["grad_clip"])
+    if clip is not None and clip <= 0:
         cfg["grad_clip"] = None
     return cfg
+
+
+def override_problems(overrides: dict) -> list[tuple[str, str]]:
+    """optimizer_problems of the given --set optimiser values alone (checked before anything is loaded)."""
+    keys = {"name" if k == "optimizer" else k for k in overrides}
+    cfg = _merge_optim(OPTIM_DEFAULTS, overrides)
+    if "scheduler" not in keys:
+        cfg["scheduler"] = "plateau" if keys & {"plateau_factor", "plateau_patience"} else None
+    return [pr for pr in optimizer_problems(cfg) if pr[2] in keys]
+
+
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULERS = ("plateau", "none")
+
+
+def _number(v) -> float | None:
+    """A real number (not a bool, not a string), as a float; None otherwise."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return None
+    return float(v)
+
+
+def _whole(v) -> int | None:
+    x = _number(v)
+    return int(x) if x is not None and math.isfinite(x) and x == int(x) else None
+
+
+def optimizer_problems(cfg: dict) -> list[tuple[str, str, str]]:
+    """(what was given, what is valid, key) for every optimiser value out of range: lr nan, inf or <= 0 and so on."""
+    problems = []
+
+    def bad(key: str, valid: str) -> None:
+        problems.append((f"--set {key}={_show(cfg[key])}", f"{key} must be {valid}", key))
+
+    lr = _number(cfg["lr"])
+    if lr is None or not math.isfinite(lr) or lr <= 0:
+        bad("lr", "a finite number > 0, e.g. --set lr=3e-4")
+    wd = _number(cfg["weight_decay"])
+    if wd is None or not math.isfinite(wd) or wd < 0:
+        bad("weight_decay", "a finite number >= 0 (0 = no weight decay)")
+    eps = _number(cfg["eps"])
+    if eps is None or not math.isfinite(eps) or eps <= 0:
+        bad("eps", "a finite number > 0, e.g. --set eps=1e-8")
+    betas = cfg["betas"]
+    nums = [_number(b) for b in betas] if isinstance(betas, (tuple, list)) else []
+    if len(nums) != 2 or any(b is None or not 0 <= b < 1 for b in nums):
+        bad("betas", "two numbers in [0, 1), e.g. --set betas=0.9,0.999")
+    clip = cfg["grad_clip"]
+    if clip is not None and (_number(clip) is None or math.isnan(_number(clip))):
+        bad("grad_clip", "a number (<= 0 or none = no clipping), e.g. --set grad_clip=1.0")
+    if cfg["name"] not in OPTIMIZERS:
+        problems.append((f"--set optimizer={cfg['name']}", f"optimizer must be one of {', '.join(OPTIMIZERS)}",
+                         "name"))
+    if cfg["scheduler"] is not None and cfg["scheduler"] not in SCHEDULERS:
+        problems.append((f"--set scheduler={cfg['scheduler']}", f"scheduler must be one of {', '.join(SCHEDULERS)}",
+                         "scheduler"))
+    if cfg["scheduler"] == "plateau":
+        factor = _number(cfg["plateau_factor"])
+        if factor is None or not 0 < factor < 1:
+            bad("plateau_factor", "a number in (0, 1), e.g. --set plateau_factor=0.5")
+        pp = _whole(cfg["plateau_patience"])
+        if pp is None or pp < 0:
+            bad("plateau_patience", "a whole number >= 0")
+    return problems
+
+
+def _show(value) -> str:
+    """A value as the user typed it: 0.1,0.2 for a tuple, nan for a float NaN."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(_show(v) for v in value)
+    return str(value)
+
+
+def train_config_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """(what was given, what is valid) for every out-of-range number of a TrainConfig."""
+    problems = []
+    for value, flag, valid in ((cfg.epochs, "--epochs", "--epochs must be a whole number >= 1 (per stage)"),
+                               (cfg.batch_size, "--batch-size", "--batch-size must be a whole number >= 1 (dialogues)"),
+                               (cfg.patience, "--set patience=", "patience must be a whole number >= 1 (epochs "
+                                                                 "without dev improvement before a stage stops)"),
+                               (cfg.eval_batch_size, "--set eval_batch_size=",
+                                "eval_batch_size must be a whole number >= 1")):
+        n = _whole(value)
+        if n is None or n < 1:
+            problems.append((f"{flag}{value}" if flag.endswith("=") else f"{flag} {value}", valid))
+    if _whole(cfg.seed) is None:
+        problems.append((f"--seed {cfg.seed}", "--seed must be a whole number"))
+    return problems
+
+
+def check_settings(problems: list[tuple]) -> None:
+    """One error listing every invalid value (given, valid[, key]) and what each accepts."""
+    seen, unique = set(), []
+    for pr in problems:
+        if pr[0] not in seen:
+            seen.add(pr[0])
+            unique.append(pr)
+    if unique:
+        raise HeadsError(f"invalid training setting{'s' if len(unique) > 1 else ''}: "
+                         f"{', '.join(pr[0] for pr in unique)}",
+                         fix="; ".join(pr[1] for pr in unique))
 
 
 def build_optimizer(head: Head, settings: dict) -> torch.optim.Optimizer:
@@ -226,11 +346,18 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------
 
 class Callback:
-    """Hooks for progress display and run logging; all optional."""
+    """Hooks for progress display, run logging and checkpoints; all optional.
+
+    Per epoch, in this order: `on_best` (only when the dev metric improved: the head holds the new best
+    weights), `on_checkpoint` (everything a resumed run needs; its tensors are live, save them before returning),
+    then `on_epoch_end`.
+    """
 
     def on_stage_start(self, stage: str, epochs: int) -> None: ...
     def on_epoch_start(self, stage: str, epoch: int, n_batches: int) -> None: ...
     def on_step(self, loss: float) -> None: ...
+    def on_best(self, head: Head, stage: str, epoch: int) -> None: ...
+    def on_checkpoint(self, state: TrainState) -> None: ...
     def on_epoch_end(self, record: dict) -> None: ...
 
 
@@ -246,43 +373,93 @@ class FitResult:
 
 
 class Trainer:
-    """Trains one head on one HeadsData. `fit()` leaves the head holding the best dev checkpoint."""
+    """Trains one head on one HeadsData. `fit()` leaves the head holding the best dev checkpoint.
+
+    Every setting is checked here, before any training (and before a run directory exists): an invalid
+    number is a HeadsError that lists what is valid.
+    """
 
     def __init__(self, head: Head, data: HeadsData, cfg: TrainConfig, callbacks: list[Callback] | None = None):
         self.head, self.data, self.cfg = head, data, cfg
         self.callbacks = callbacks or []
+        self.settings = optimizer_settings(head, cfg.optim, check=False)
+        check_settings(train_config_problems(cfg) + optimizer_problems(self.settings))
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
-        self.settings = optimizer_settings(head, cfg.optim)
         primary = data.tasks[0]
         self.monitor = cfg.monitor or PRIMARY[primary.kind][0]
+        self._check_monitor()
+
+    def _check_monitor(self) -> None:
+        """The monitor must be a dev metric of the primary task (or "loss"): checked on the dev labels."""
+        task = self.data.tasks[0]
+        if self.monitor == "loss" or len(self.data.split_dialogues("dev")) == 0:
+            return
+        rows = self.data.split_rows("dev")
+        gold = self.data.labels[task.name][rows]
+        pred = gold > 0 if task.kind == "multilabel" else gold
+        scores = None if task.kind == "regression" else np.zeros((len(rows), task.out_dim), np.float32)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                names = set(scalar_metrics(TaskPredictions(task, rows, gold, pred, scores).metrics()))
+        except Exception:  # no labelled dev rows, say: the first dev evaluation checks it instead
+            return
+        if self.monitor not in names:
+            raise HeadsError(f"monitor metric {self.monitor!r} is not a metric of the {task.kind} task {task.name!r}",
+                             fix=f"use --set monitor= one of {', '.join(sorted(names | {'loss'}))}")
 
     def _emit(self, name: str, *args) -> None:
         for cb in self.callbacks:
-            getattr(cb, name)(*args)
+            fn = getattr(cb, name, None)
+            if fn is not None:
+                fn(*args)
 
-    def fit(self) -> FitResult:
+    def record_settings(self) -> dict:
+        """What a resumed run must train with to continue this one exactly (kept in the resume state)."""
+        cfg = self.cfg
+        return {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size,
+                "patience": cfg.patience, "seed": cfg.seed, "precision": self.precision, "device": self.device.type,
+                "monitor": self.monitor, "stages": list(self.head.stages()),
+                "optim": {k: list(v) if isinstance(v, tuple) else v for k, v in self.settings.items()}}
+
+    def fit(self, resume: TrainState | None = None) -> FitResult:
+        """Train every stage; with `resume` (a state an earlier fit handed to `on_checkpoint`), continue after
+        its epoch with everything restored, ending with the weights the uninterrupted fit ends with."""
         cfg, head, data, device = self.cfg, self.head, self.data, self.device
         seed_everything(cfg.seed, cfg.deterministic)
         shuffle_rng = np.random.default_rng(cfg.seed)
         head.to(device)
         scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         pin = device.type == "cuda"
+        stages = list(head.stages())
         history: list[dict] = []
         best: dict[str, dict] = {}
-        t_start = time.perf_counter()
+        first_stage = 0
+        settings = self.record_settings()
+        if resume is not None:
+            self._check_resume(resume, settings)
+            history, best, first_stage = list(resume.history), dict(resume.best), resume.stage_index
+        t_start = time.perf_counter() - (resume.seconds if resume is not None else 0.0)
         if len(data.split_dialogues("train")) == 0:
             raise HeadsError(f"dataset {data.dataset!r} has no train dialogues", fix="check the manifest's splits")
         has_dev = len(data.split_dialogues("dev")) > 0
 
-        for stage in head.stages():
+        for stage_index, stage in enumerate(stages):
+            if stage_index < first_stage:
+                continue
             head.set_stage(stage)
             opt = build_optimizer(head, self.settings)
             sched = build_scheduler(opt, self.settings)
             params = [p for p in head.parameters() if p.requires_grad]
             best_value, best_epoch, best_state, bad = None, -1, None, 0
+            epoch = 0
+            if resume is not None and stage_index == resume.stage_index:
+                best_value, best_epoch, best_state, bad = self._restore(resume, opt, sched, scaler, shuffle_rng)
+                epoch = resume.epoch + 1
+                resume = None
             self._emit("on_stage_start", stage, cfg.epochs)
-            for epoch in range(cfg.epochs):
+            while epoch < cfg.epochs and bad < cfg.patience:
                 t0 = time.perf_counter()
                 head.train()
                 self._emit("on_epoch_start", stage, epoch, data.n_batches("train", cfg.batch_size))
@@ -290,7 +467,7 @@ class Trainer:
                 n_steps = 0
                 for batch in data.batches("train", cfg.batch_size, shuffle=True, generator=shuffle_rng, pin_memory=pin):
                     batch = batch.to(device, non_blocking=pin)
-                    loss_value, terms = self.train_step(batch, epoch, opt, scaler, params)
+                    loss_value, terms = self.train_step(batch, epoch, opt, scaler, params, stage=stage)
                     n_steps += 1
                     for k, v in {"loss": loss_value, **terms}.items():
                         sums[k] = sums.get(k, 0.0) + v
@@ -316,20 +493,60 @@ class Trainer:
                 if improved:
                     best_value, best_epoch, bad = value, epoch, 0
                     best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                    self._emit("on_best", head, stage, epoch)
                 else:
                     bad += 1
                 record.update({"best": improved, "seconds": time.perf_counter() - t0})
                 history.append(record)
+                self._emit("on_checkpoint", TrainState(
+                    stages=stages, stage_index=stage_index, epoch=epoch, model=head.state_dict(),
+                    best_model=None if improved else best_state, optimizer=opt.state_dict(),
+                    scheduler=sched.state_dict() if sched is not None else None,
+                    scaler=scaler.state_dict() if scaler is not None else None, best_value=best_value,
+                    best_epoch=best_epoch, bad_epochs=bad, best=best, history=history,
+                    rng=capture_rng(shuffle_rng, device), seconds=time.perf_counter() - t_start, settings=settings))
                 self._emit("on_epoch_end", record)
-                if bad >= cfg.patience:
-                    break
+                epoch += 1
             if best_state is not None:
                 head.load_state_dict(best_state)
             best[stage] = {"epoch": best_epoch, "value": best_value if has_dev else None}
         return FitResult(history, best, self.monitor, self.precision, str(device), self.settings,
                          time.perf_counter() - t_start)
 
-    def train_step(self, batch: Batch, epoch: int, opt: torch.optim.Optimizer, scaler, params: list) -> tuple[float, dict]:
+    def _check_resume(self, state: TrainState, settings: dict) -> None:
+        if state.stages != settings["stages"] or not 0 <= state.stage_index < len(state.stages):
+            raise HeadsError(f"the resume state has stages {state.stages}, the head has {settings['stages']}",
+                             fix="the run cannot be resumed with this version of the head; train it again")
+        recorded = json.loads(json.dumps(state.settings, default=list))
+        now = json.loads(json.dumps(settings, default=list))
+        differ = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+        if differ:
+            detail = ", ".join(f"{k} {recorded.get(k)!r} -> {now.get(k)!r}" for k in differ)
+            raise HeadsError(f"the run would continue with other settings than it started with ({detail})",
+                             fix="resume on the same kind of device with the same merc version, or train a new run")
+
+    def _restore(self, state: TrainState, opt, sched, scaler, shuffle_rng) -> tuple:
+        """Load a resume state into the head, optimiser, scheduler and generators (after set_stage)."""
+        head = self.head
+        try:
+            head.load_state_dict(state.model)
+            opt.load_state_dict(state.optimizer)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise HeadsError(f"the resume state does not fit the {head.name} head ({e})",
+                             fix="the run cannot be resumed with this version of the head; train it again") from None
+        if sched is not None and state.scheduler is not None:
+            sched.load_state_dict(state.scheduler)
+        if scaler is not None and state.scaler is not None:
+            scaler.load_state_dict(state.scaler)
+        if state.best_model is not None:
+            best_state = {k: v.to(self.device) for k, v in state.best_model.items()}
+        else:
+            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        restore_rng(state.rng, shuffle_rng, self.device)
+        return state.best_value, state.best_epoch, best_state, state.bad_epochs
+
+    def train_step(self, batch: Batch, epoch: int, opt: torch.optim.Optimizer, scaler, params: list,
+                   stage: str = "main") -> tuple[float, dict]:
         """One optimiser step: forward + loss under autocast, backward, clip, head hook, step."""
         head = self.head
         head.zero_grad(set_to_none=True)  # all parameters: a frozen one must not keep a stale grad from a past stage
@@ -338,8 +555,11 @@ class Trainer:
             loss, terms = head.loss(batch, out, epoch)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value) and scaler is None:
-            raise HeadsError(f"the {head.name} loss became {loss_value} (epoch {epoch})",
-                             fix="lower the learning rate (--set lr=...), or train with --precision fp32")
+            where = f"epoch {epoch + 1}" + (f" of stage {stage}" if stage != "main" else "")
+            lower = f"lower the learning rate (--set lr=..., it is {self.settings['lr']} now)"
+            fix = lower + (", or train with --precision fp32" if self.precision != "fp32" else
+                           ", or clip gradients (--set grad_clip=1.0)")
+            raise HeadsError(f"the {head.name} loss became {loss_value} in {where}; training stopped", fix=fix)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(opt)

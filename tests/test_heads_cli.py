@@ -145,3 +145,14 @@ def test_same_seed_same_run_from_a_fresh_process_state(tmp_path):
     w3, _ = train(6, "ccc")
     assert m1 == m2 and all(torch.equal(w1[k], w2[k]) for k in w1)
     assert not all(torch.equal(w1[k], w3[k]) for k in w1)
+
+
+def test_piped_output_is_not_hard_wrapped(tmp_path):
+    """CliRunner's stdout is not a terminal: the summary line with a long run path stays one line."""
+    path, names = shared_store("planted")
+    name = "a-run-name-long-enough-that-an-80-column-console-would-have-broken-the-line-" + "x" * 60
+    res = invoke("train", "--head", "mlp", "--store", path, "--dataset", "synth", "--features",
+                 features_arg(names, "ta"), "--epochs", 1, "--set", "hidden=8", "--out", tmp_path, "--name", name)
+    assert res.exit_code == 0, res.output
+    summary = [line for line in res.output.splitlines() if line.startswith("test ")]
+    assert len(summary) == 1 and summary[0].endswith(f"run: {tmp_path / name}"), res.output

@@ -111,8 +111,8 @@ def test_both_cpu_precisions_train(planted, precision):
 
 def test_early_stopping_and_best_state_restored(planted):
     head = small("mlp", planted)
-    # lr 0 after the first step: nothing improves after epoch 0, so training stops after 1 + patience epochs
-    t, res = fit(planted, head, epochs=20, patience=2, optim={"lr": 0.0})
+    # a vanishing lr (0 is refused): nothing improves after epoch 0, so training stops after 1 + patience epochs
+    t, res = fit(planted, head, epochs=20, patience=2, optim={"lr": 1e-12})
     assert len(res.history) == 3 and res.best["main"]["epoch"] == 0
 
 
@@ -246,3 +246,48 @@ def test_standard_loss_sums_tasks():
     total, terms = standard_loss(tasks, batch, out, weights={"sentiment": 0.5})
     assert terms["loss_emotion"] == pytest.approx(np.log(2)) and terms["loss_sentiment"] == pytest.approx(1.5)
     assert total.item() == pytest.approx(np.log(2) + 0.75)
+
+
+# -- settings checks and resuming ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("cfg, optim, needles", [
+    ({"epochs": 0}, {}, ["--epochs 0", "--epochs must be a whole number >= 1"]),
+    ({"batch_size": 0, "patience": 0}, {}, ["--batch-size 0", "--set patience=0"]),
+    ({"eval_batch_size": -1}, {}, ["--set eval_batch_size=-1"]),
+    ({}, {"lr": float("nan")}, ["--set lr=nan", "lr must be a finite number > 0"]),
+    ({}, {"lr": -1.0, "weight_decay": -1}, ["--set lr=-1.0", "--set weight_decay=-1"]),
+    ({}, {"grad_clip": float("nan")}, ["--set grad_clip=nan"]),
+    ({}, {"lr": float("inf")}, ["--set lr=inf"]),
+])
+def test_invalid_settings_fail_when_the_trainer_is_made(planted, cfg, optim, needles):
+    with pytest.raises(HeadsError) as info:
+        Trainer(small("mlp", planted), planted, TrainConfig(precision="fp32", device="cpu", optim=optim, **cfg))
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+def test_fit_resumes_exactly_from_a_saved_state(planted, tmp_path):
+    """A TrainState handed to on_checkpoint, saved and loaded (safetensors + JSON), continues the fit exactly."""
+    from merc.heads.checkpoint import load_state, save_state
+    from merc.heads.trainer import Callback
+
+    class Save(Callback):
+        def on_checkpoint(self, state):
+            save_state(state, tmp_path / f"{state.stage}-{state.epoch}.safetensors")
+
+    def run(callbacks=(), resume=None):
+        torch.manual_seed(99)  # the head's initial weights differ from the resumed ones: the state must win
+        head = _Recorder(planted.dims, planted.tasks)
+        t = Trainer(head, planted, TrainConfig(epochs=3, batch_size=8, precision="fp32", device="cpu", seed=5,
+                                               optim={"scheduler": "plateau"}), list(callbacks))
+        return head, t.fit(resume=resume)
+
+    ref_head, ref = run([Save()])
+    for name in ("teacher-1", "teacher-2", "student-0"):
+        head, res = run(resume=load_state(tmp_path / f"{name}.safetensors"))
+        for k, v in ref_head.state_dict().items():
+            assert torch.equal(v, head.state_dict()[k]), (name, k)
+        strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in h] for h in (ref.history, res.history)]
+        assert strip[0] == strip[1] and res.best == ref.best
+        assert [c[1] for c in head.calls if c[0] == "set_stage"] == (["student"] if name == "student-0" else
+                                                                     ["teacher", "student"])
