@@ -76,6 +76,9 @@ class Utterance:
     end: float | None = None
     source_row: int | None = None  # row in the adapter's source file, for error messages
     source_file: str | None = None
+    # SHA-256 of the media file's content, filled in by merc-extract for encoders that read media: a
+    # feature's identity is what the encoder read, so a changed clip is re-encoded and a moved one is not
+    media_digest: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -214,10 +217,12 @@ class Manifest:
         return cls.from_dict(json.loads(text))
 
     def digest(self) -> str:
-        """Hash of what determines the features: ids, order, text, media spans, splits and labels.
+        """Hash of the corpus description: ids, order, text, speakers, media spans, splits and labels.
 
-        Media paths, source rows and findings are left out, so that moving a corpus folder (or loading
-        it without its clips for text-only extraction) does not invalidate a store; the time spans stay in.
+        It names a version of the manifest (shown by `merc-extract status`); it is NOT a feature's
+        identity: features are keyed per dialogue by what their encoder read (extract/store/layout.py),
+        so a label or split fix changes this digest and keeps every feature. Media paths, source rows
+        and findings are left out, so moving a corpus folder does not change it.
         """
         h = hashlib.sha256()
         h.update(json.dumps([s.to_dict() for s in self.label_spaces.values()], sort_keys=True).encode())

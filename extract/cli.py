@@ -20,9 +20,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 
 
 def _console():
-    from rich.console import Console
+    from merc.data_manifests.console import make_console
 
-    return Console(stderr=False, highlight=False)
+    return make_console()
 
 
 def _fail(exc: Exception) -> None:
@@ -43,6 +43,7 @@ def extract(
     name: Annotated[str | None, typer.Option(help="Dataset name inside the store [default: --dataset].")] = None,
     modalities: Annotated[str | None, typer.Option(help="MELD/IEMOCAP: 'text' to work from the transcripts alone [default: what the encoder needs].")] = None,
     protocol: Annotated[str | None, typer.Option(help="IEMOCAP protocol: 6-erc, 4-erc or 4-ser.")] = None,
+    adapter_option: Annotated[list[str] | None, typer.Option(help="A corpus adapter option as key=value, repeatable: MELD variant=dyadic, splits=train,test; manifest labels=<labels.json>.")] = None,
     workers: Annotated[int | None, typer.Option(help="Run on a local dask cluster of this many worker processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Run on an existing dask cluster (tcp://host:8786).")] = None,
     decode_workers: Annotated[int | None, typer.Option(help="Local run: processes that decode media / run openSMILE [default: by encoder].")] = None,
@@ -77,7 +78,8 @@ def extract(
     try:
         code = _run_extract(dataset, root, encoder, store, feature_set, name, modalities, protocol, workers,
                             scheduler, decode_workers, device, dtype, pooling, layers, max_seconds, channels, window,
-                            overwrite, allow_missing, encoder_options=encoder_options)
+                            overwrite, allow_missing, encoder_options=encoder_options,
+                            adapter_options=_adapter_options(adapter_option))
     except MercError as exc:
         _fail(exc)
     raise typer.Exit(code)
@@ -85,130 +87,205 @@ def extract(
 
 def _run_extract(dataset, root, encoder_name, store, feature_set, name, modalities, protocol, workers, scheduler,
                  decode_workers, device, dtype, pooling, layers, max_seconds, channels, window, overwrite,
-                 allow_missing, encoder_options: dict | None = None) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from merc.data_manifests.adapters import load_manifest
-    from merc.extract.distributed import describe_encoder, make_client, run_on_dask
-    from merc.extract.encoders import EncoderRequest, build_encoder, feature_set_name
+                 allow_missing, encoder_options: dict | None = None, adapter_options: dict | None = None) -> int:
+    from merc.extract.encoders import EncoderRequest
     from merc.extract.media import AudioPolicy
-    from merc.extract.runner import Extraction
-    from merc.extract.store import StoreWriter
+    from merc.extract.store.writer import check_writable
 
     console = _console()
+    check_writable(Path(store))  # a store that cannot be written is refused before any model loads
     req = EncoderRequest(encoder_name, pooling=pooling, layers=layers, device=device, dtype=dtype,
                          audio=AudioPolicy(max_seconds=max_seconds, channels=channels), **(encoder_options or {}))
-    client = make_client(workers, scheduler) if (workers or scheduler) else None
+    options: dict = {**(adapter_options or {}), **({"protocol": protocol} if protocol else {})}
+    job = _Job(console, req, dataset, root, store, feature_set, name, modalities, options)
     try:
-        if client is None:
-            enc = build_encoder(req)
-            fingerprint, info = enc.fingerprint(), enc.info()
-        else:  # the model loads on the workers only
-            fingerprint, info = client.submit(describe_encoder, req, pure=False).result()
-        options: dict = {}
-        if dataset in ("meld", "iemocap"):
-            options["modalities"] = tuple(modalities.split(",")) if modalities else (info["modality"],)
-        if protocol:
-            options["protocol"] = protocol
-        manifest = load_manifest(dataset, root, **options)
-        for finding in manifest.findings[:10]:
-            console.print(f"[yellow]note:[/] {finding}")
-        if len(manifest.findings) > 10:
-            console.print(f"[yellow]note:[/] ... and {len(manifest.findings) - 10} more findings")
-        ds_name = name or manifest.name
-        fs_name = feature_set or feature_set_name(encoder_name)
-        writer = StoreWriter(store, ds_name, fs_name)
-        writer.open(manifest, fingerprint={**fingerprint, "manifest": manifest.digest()}, info=info,
-                    overwrite=overwrite)
-        done = writer.done_dialogues()
+        return job.run(workers, scheduler, decode_workers, window, overwrite, allow_missing)
+    except KeyboardInterrupt:
+        done = len(job.writer.done_dialogues()) if job.writer is not None else 0
+        console.print(f"\n[yellow]interrupted[/]: {done} dialogue(s) are committed and kept; rerun the same "
+                      "command to resume where it stopped.")
+        return 130
+
+
+def _adapter_options(items: list[str] | None) -> dict:
+    """`--adapter-option key=value` -> {key: value}; a value with commas is a tuple (splits=train,test)."""
+    from merc.data_manifests.errors import ManifestError
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ManifestError(f"--adapter-option {item!r} is not key=value", file="--adapter-option",
+                                fix="write it as --adapter-option key=value, e.g. --adapter-option variant=dyadic")
+        out[key.strip().replace("-", "_")] = tuple(v.strip() for v in value.split(",")) if "," in value else value
+    return out
+
+
+class _Job:
+    """One merc-extract run: encoder, manifest, plan, extraction, report (kept on an object so that an
+    interruption can still say what was committed)."""
+
+    def __init__(self, console, req, dataset, root, store, feature_set, name, modalities, options):
+        self.console, self.req, self.dataset, self.root, self.store = console, req, dataset, root, store
+        self.feature_set, self.name, self.modalities, self.options = feature_set, name, modalities, options
+        self.writer = None
+
+    def run(self, workers, scheduler, decode_workers, window, overwrite, allow_missing) -> int:
+        from merc.data_manifests.adapters import load_manifest
+        from merc.extract.distributed import describe_encoder, make_client, run_on_dask
+        from merc.extract.encoders import build_encoder, feature_set_name
+        from merc.extract.runner import Extraction
+        from merc.extract.store import StoreWriter
+
+        console, req = self.console, self.req
+        client = make_client(workers, scheduler) if (workers or scheduler) else None
         stats = None
-        if len(done) == len(manifest.dialogues):
-            console.print(f"{ds_name}/{fs_name}: all {len(done)} dialogues already extracted; nothing to do.")
-        else:
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("utts"),
-                          TimeRemainingColumn(), console=console, transient=False) as bar:
-                skipped_utts = sum(len(d) for d in manifest.dialogues if d.id in done)
-                where = f" on {len(client.scheduler_info()['workers'])} dask workers" if client else ""
-                task = bar.add_task(f"{encoder_name} on {ds_name}{where}", total=manifest.n_utterances,
-                                    completed=skipped_utts)
-                advance = lambda n: bar.advance(task, n)  # noqa: E731
-                if client is None:
-                    stats = Extraction(manifest, enc, writer, workers=decode_workers,
-                                       window_utterances=window).run(progress=advance)
-                else:
-                    stats = run_on_dask(client, manifest, req, writer, window=window, progress=advance)
-    finally:
-        if client is not None:
-            client.close()
-    report = writer.finalize(manifest)
-    failed = report["utterances_failed"]
-    if stats is not None:
-        console.print(
-            f"{ds_name}/{fs_name}: wrote {stats.dialogues_written} dialogues ({stats.utterances_encoded} utterances, "
-            f"{stats.utterances_per_second:.0f} utt/s, {stats.seconds:.1f} s); {stats.dialogues_skipped} were already done.")
-        for note in stats.notes[:10]:
-            console.print(f"[yellow]note:[/] {note}")
-    for f in report["failures"][:20]:
-        console.print(f"[red]skipped[/] {f['utterance_id']}: {f['file']}"
-                      + (f", row {f['row']}" if f.get("row") is not None else "")
-                      + f": {f['problem']}. Fix: {f['fix']}")
-    if failed > 20:
-        console.print(f"[red]... and {failed - 20} more skipped utterances[/] (all in the store's report: "
-                      f"merc-extract status --store {store} --failures)")
-    console.print(f"[bold]{ds_name}/{fs_name}[/]: {report['dialogues_complete']}/{report['dialogues_total']} dialogues "
-                  f"complete, dim {info['dim']}, {failed} utterance(s) skipped; store: {store}")
-    if failed and not allow_missing:
-        console.print("[red]exit 1:[/] some utterances were skipped (pass --allow-missing to accept that).")
-        return 1
-    return 0
+        try:
+            if client is None:
+                enc = build_encoder(req)
+                fingerprint, info = enc.fingerprint(), enc.info()
+            else:  # the model loads on the workers only
+                fingerprint, info = client.submit(describe_encoder, req, pure=False).result()
+            options = dict(self.options)
+            if self.dataset in ("meld", "iemocap"):
+                options["modalities"] = (tuple(self.modalities.split(",")) if self.modalities
+                                         else (info["modality"],))
+            manifest = load_manifest(self.dataset, self.root, **options)
+            _print_notes(console, [str(f) for f in manifest.findings])
+            ds_name = self.name or manifest.name
+            fs_name = self.feature_set or feature_set_name(req.name)
+            where = f"{ds_name}/{fs_name}"
+            self.writer = writer = StoreWriter(self.store, ds_name, fs_name)
+            source = {"adapter": self.dataset, "options": {k: v for k, v in self.options.items()}}
+            notes = writer.open(manifest, fingerprint=fingerprint, info=info, overwrite=overwrite, source=source)
+            plan = writer.plan(manifest)
+            _print_notes(console, notes + plan.notes(where))
+            writer.forget(plan)
+            done = writer.done_dialogues()
+            if all(d.id in done for d in manifest.dialogues):
+                console.print(f"{where}: all {len(manifest.dialogues)} dialogues already extracted; nothing to do.")
+            else:
+                stats = self._extract(client, manifest, writer, done, decode_workers, window,
+                                      enc if client is None else None, run_on_dask, Extraction)
+        finally:
+            if client is not None:
+                client.close()
+        report = writer.finalize(manifest)
+        return self._summary(stats, report, where, info, allow_missing)
+
+    def _extract(self, client, manifest, writer, done, decode_workers, window, enc, run_on_dask, extraction_cls):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("utts"),
+                      TimeRemainingColumn(), console=self.console, transient=False) as bar:
+            skipped_utts = sum(len(d) for d in manifest.dialogues if d.id in done)
+            on = f" on {len(client.scheduler_info()['workers'])} dask workers" if client else ""
+            task = bar.add_task(f"{self.req.name} on {writer.dataset}{on}", total=manifest.n_utterances,
+                                completed=skipped_utts)
+            advance = lambda n: bar.advance(task, n)  # noqa: E731
+            if client is None:
+                return extraction_cls(manifest, enc, writer, workers=decode_workers,
+                                      window_utterances=window).run(progress=advance)
+            return run_on_dask(client, manifest, self.req, writer, window=window, progress=advance)
+
+    def _summary(self, stats, report, where, info, allow_missing) -> int:
+        console = self.console
+        failed = report["utterances_failed"]
+        if stats is not None:
+            console.print(
+                f"{where}: wrote {stats.dialogues_written} dialogues ({stats.utterances_encoded} utterances, "
+                f"{stats.utterances_per_second:.0f} utt/s, {stats.seconds:.1f} s); {stats.dialogues_skipped} were "
+                "already done.")
+            _print_notes(console, stats.notes)
+        for f in report["failures"][:20]:
+            console.print(f"[red]skipped[/] {f['utterance_id']}: {f['file']}"
+                          + (f", row {f['row']}" if f.get("row") is not None else "")
+                          + f": {f['problem']}. Fix: {f['fix']} (the next run retries it)")
+        if failed > 20:
+            console.print(f"[red]... and {failed - 20} more skipped utterances[/] (all in the store's report: "
+                          f"merc-extract status --store {self.store} --failures)")
+        console.print(f"[bold]{where}[/]: {report['dialogues_complete']}/{report['dialogues_total']} dialogues "
+                      f"complete, dim {info['dim']}, {failed} utterance(s) skipped; store: {self.store}")
+        if failed and not allow_missing:
+            console.print("[red]exit 1:[/] some utterances were skipped (pass --allow-missing to accept that).")
+            return 1
+        return 0
+
+
+def _print_notes(console, notes: list[str], limit: int = 10) -> None:
+    for note in notes[:limit]:
+        console.print(f"[yellow]note:[/] {_escape(note)}")
+    if len(notes) > limit:
+        console.print(f"[yellow]note:[/] ... and {len(notes) - limit} more")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 @app.command()
 def status(store: Annotated[Path, typer.Option(help="Zarr store.")] = Path("cache.zarr"),
            failures: Annotated[bool, typer.Option(help="List every skipped utterance.")] = False) -> None:
-    """What is in a store: datasets, feature sets, completeness, failures."""
+    """What is in a store: datasets, feature sets, completeness, failures (reads markers, not arrays)."""
     from rich.table import Table
 
     from merc.data_manifests.errors import MercError
     from merc.extract.store import StoreReader
 
+    console = _console()
     try:
         reader = StoreReader(store)
+        rows = reader.status()
+        summaries = []
+        for ds in reader.datasets():
+            try:
+                summaries.append(reader.manifest(ds).summary())
+            except MercError as exc:
+                summaries.append(f"{ds}: {exc}")
     except MercError as exc:
         _fail(exc)
     table = Table(title=f"merc store {store}")
-    for col in ("dataset", "feature set", "modality", "dim", "dialogues", "skipped utts", "packed", "fingerprint"):
+    for col in ("dataset", "feature set", "modality", "dim", "dialogues", "stale", "skipped utts", "packed",
+                "fingerprint"):
         table.add_column(col)
-    rows = reader.status()
     for r in rows:
         table.add_row(r["dataset"], r["feature_set"], r["modality"], str(r["dim"]),
-                      f"{r['dialogues_done']}/{r['dialogues_total']}", str(r["utterances_failed"]),
-                      "yes" if r["packed"] else "no", str(r["fingerprint"]))
-    console = _console()
+                      f"{r['dialogues_done']}/{r['dialogues_total']}", str(r["dialogues_stale"]),
+                      str(r["utterances_failed"]), "yes" if r["packed"] else "no", str(r["fingerprint"]))
     console.print(table)
-    for ds in reader.datasets():
-        console.print(reader.manifest(ds).summary())
+    for line in summaries:
+        console.print(line)
     if failures:
         for r in rows:
-            for f in reader.info(r["dataset"], r["feature_set"]).get("report", {}).get("failures", []):
+            for f in r["failures"]:
                 console.print(f"{r['dataset']}/{r['feature_set']} {f['utterance_id']}: {f['file']}: {f['problem']}")
 
 
 @app.command()
 def verify(store: Annotated[Path, typer.Option(help="Zarr store.")] = Path("cache.zarr")) -> None:
-    """Check every committed dialogue against the manifest; exit 1 if anything is wrong."""
+    """Read every committed dialogue against its checksums and the manifest; exit 1 if anything is wrong."""
+    import time
+
     from merc.data_manifests.errors import MercError
     from merc.extract.store import StoreReader
+    from merc.extract.store.verify import verify_store
 
+    t0 = time.perf_counter()
     try:
-        problems = StoreReader(store).verify()
+        report = verify_store(StoreReader(store))
     except MercError as exc:
         _fail(exc)
     console = _console()
-    for p in problems:
-        console.print(f"[red]problem:[/] {p}")
-    console.print(f"verify {store}: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
-    raise typer.Exit(1 if problems else 0)
+    for p in report.problems:
+        console.print(f"[red]problem:[/] {_escape(p)}")
+    for f in report.fixes:
+        console.print(f"[bold]fix:[/] {_escape(f)}")
+    seconds = time.perf_counter() - t0
+    console.print(f"verify {store}: " + ("OK" if not report.problems else f"{len(report.problems)} problem(s)")
+                  + f" ({seconds:.1f} s)")
+    raise typer.Exit(1 if report.problems else 0)
 
 
 @app.command()

@@ -177,7 +177,8 @@ class Extraction:
                 per_dialogue = self._encode_window(win, results, stats)
                 for dialogue, (pooled, valid, frames, offsets, failures) in per_dialogue:
                     writes.append(write_pool.submit(self.writer.write_dialogue, dialogue.id, pooled, valid,
-                                                    frames=frames, offsets=offsets, failures=failures))
+                                                    frames=frames, offsets=offsets, failures=failures,
+                                                    inputs=self.writer.inputs_digest(dialogue)))
                     stats.dialogues_written += 1
                 if progress:
                     progress(sum(len(d) for d in win))

@@ -17,13 +17,20 @@ import torch
 
 from merc.data_manifests.errors import MercError
 from merc.data_manifests.manifest import LabelSpace
-from merc.extract.store import StoreError, StoreReader, finite_abs_max
+from merc.extract.store import (
+    FRAMES,
+    MODALITY_OF_ROLE,
+    ROLE_OF_MODALITY,
+    ROLES,
+    StoreError,
+    StoreReader,
+    finite_abs_max,
+)
 
-from .models.base import ROLES, Batch, TaskSpec
+from .models.base import Batch, TaskSpec
 
-ROLE_OF_MODALITY = {"text": "t", "audio": "a", "video": "v"}
 NORMALIZE = ("zscore", "none")
-ROLE_ALIASES = {"t": "t", "a": "a", "v": "v", "text": "t", "audio": "a", "video": "v"}
+ROLE_ALIASES = {**{r: r for r in ROLES}, **ROLE_OF_MODALITY}  # t / text, a / audio, v / video
 
 
 class HeadsError(MercError):
@@ -85,7 +92,7 @@ def resolve_roles(reader: StoreReader, dataset: str, spec: str | list[str] | dic
 
 
 def _role_word(role: str) -> str:
-    return {"t": "text", "a": "audio", "v": "video"}[role]
+    return MODALITY_OF_ROLE[role]
 
 
 def resolve_tasks(spaces: dict[str, LabelSpace], names: str | list[str] | None) -> list[TaskSpec]:
@@ -161,11 +168,9 @@ class HeadsData:
         """
         if normalize not in NORMALIZE:
             raise HeadsError(f"unknown normalize option {normalize!r}", fix=f"use one of: {', '.join(NORMALIZE)}")
-        reader = _Reader(store)
+        reader = StoreReader(store)
         roles = resolve_roles(reader, dataset, features)
-        ds_attrs = reader.root[dataset].attrs["manifest"]
-        spaces = {s["name"]: LabelSpace.from_dict(s) for s in ds_attrs["label_spaces"]}
-        task_specs = resolve_tasks(spaces, tasks)
+        task_specs = resolve_tasks(reader.label_spaces(dataset), tasks)
         cols = reader.manifest_columns(dataset)
 
         splits = np.asarray(cols["split"]).astype(object)  # [N], per utterance
@@ -357,16 +362,17 @@ def _load_frames(reader: StoreReader, dataset: str, feature_set: str, dialogue_i
                  stats: tuple[np.ndarray, np.ndarray] | None = None) -> Frames:
     """All dialogues' frames of one feature set, each utterance cut to its first `max_frames` frames
     (standardised with the role's pooled `stats` when given)."""
-    levels = reader.info(dataset, feature_set).get("levels", [])
-    if "frames" not in levels:
+    if not reader.has_level(dataset, feature_set, FRAMES):
+        levels = reader.info(dataset, feature_set)["levels"]
         raise HeadsError(f"{dataset}/{feature_set} holds no frame/token sequences (levels: {levels})",
                          file=str(reader.path),
-                         fix="re-extract it with --keep-frames, or pick a head that needs only utterance-level "
+                         fix=f"re-extract it with frames ({reader.extract_command(dataset, feature_set, None)} "
+                             "--keep-frames --overwrite), or pick a head that needs only utterance-level "
                              "features (merc-heads list)")
 
     def one(dia_id: str) -> tuple[np.ndarray, np.ndarray]:
         try:
-            x, offs = reader.dialogue_frames(dataset, feature_set, dia_id)  # the feature set was checked above
+            x, offs = reader.load_frames(dataset, feature_set, dia_id)
         except StoreError as err:
             raise HeadsError(err.finding.problem, file=str(reader.path), fix=err.finding.fix) from None
         counts = np.diff(offs)
@@ -393,23 +399,6 @@ def _load_frames(reader: StoreReader, dataset: str, feature_set: str, dialogue_i
     data = np.concatenate([x for x, _ in parts] + [np.zeros((1, dim), np.float16)])
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return Frames(torch.from_numpy(data), offsets)
-
-
-class _Reader(StoreReader):
-    """A StoreReader that opens each dataset group once.
-
-    The dataset group's attributes hold the whole manifest as JSON (megabytes for MELD), and StoreReader
-    reopens the group on every call (info, load_pooled, manifest_columns...): ~0.1 s each on MELD.
-    """
-
-    def __init__(self, path):
-        super().__init__(path)
-        self._groups: dict = {}
-
-    def _dataset(self, dataset: str):
-        if dataset not in self._groups:
-            self._groups[dataset] = super()._dataset(dataset)
-        return self._groups[dataset]
 
 
 def _pin(batch: Batch) -> Batch:

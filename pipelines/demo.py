@@ -2,8 +2,8 @@
 
 1. speak a small corpus in the MELD raw layout (espeak-ng; emotion in words, prosody and context);
 2. merc-extract text (MiniLM) and audio (openSMILE eGeMAPS) features into a Zarr store;
-3. merc-heads trains heads on the cached features (once stage 2 is installed) and prints test metrics;
-4. a summary of what is in the store.
+3. merc-heads trains heads on the cached features and prints test metrics;
+4. what is in the store, then one closing table: each head's dev and test metrics and the store's summary.
 
     python -m merc.pipelines.demo --out demo_out [--dialogues 48,8,12]
 """
@@ -57,13 +57,48 @@ def main(argv: list[str] | None = None) -> None:
                   mood_persistence=0.8, workers=min(2, os.cpu_count() or 1))
     sh(BIN / "merc-extract", "--dataset", "meld", "--root", corpus, "--encoder", "minilm", "--store", store)
     sh(BIN / "merc-extract", "--dataset", "meld", "--root", corpus, "--encoder", "egemaps", "--store", store)
+    runs: dict[str, Path] = {}
     if heads_available():
-        runs = args.out / "runs"
-        for head in ("dialogue-gru", "mister-e"):
+        for head in HEADS:
+            out = args.out / "runs" / head
+            before = set(out.glob("*")) if out.exists() else set()
             sh(BIN / "merc-heads", "train", "--head", head, "--store", store, "--dataset", "meld",
-               "--features", "minilm,egemaps", "--out", runs, "--seed", str(args.seed))
+               "--features", "minilm,egemaps", "--out", out, "--seed", str(args.seed))
+            runs[head] = max(set(out.glob("*")) - before, key=lambda p: p.stat().st_mtime)
     sh(BIN / "merc-extract", "status", "--store", store)
-    print(f"\ndemo: done in {time.perf_counter() - t0:.0f} s; store at {store}", flush=True)
+    final_table(runs, store, time.perf_counter() - t0)
+
+
+HEADS = ("dialogue-gru", "mister-e")
+
+
+def final_table(runs: dict[str, Path], store: Path, seconds: float) -> None:
+    """The demo's last word: each head's dev and test metrics, and what the store holds."""
+    import json
+
+    from rich.table import Table
+
+    from merc.data_manifests.console import make_console
+    from merc.extract.store import StoreReader
+
+    table = Table(title=f"merc demo: MELD-layout synthetic corpus, {seconds:.0f} s")
+    for col in ("head", "dev W-F1", "test W-F1", "test accuracy", "best epoch", "run"):
+        table.add_column(col)
+    for head, run in runs.items():
+        m = json.loads((run / "metrics.json").read_text())
+        task = m["primary_task"]
+        split = {s: m["splits"].get(s, {}).get(task, {}) for s in ("dev", "test")}
+        best = next(iter(m["best"].values()), {}).get("epoch", -1) + 1
+        table.add_row(head, f"{split['dev'].get('weighted_f1', float('nan')):.4f}",
+                      f"{split['test'].get('weighted_f1', float('nan')):.4f}",
+                      f"{split['test'].get('accuracy', float('nan')):.4f}", str(best), str(run))
+    reader = StoreReader(store)
+    lines = [f"{r['dataset']}/{r['feature_set']} ({r['modality']}, dim {r['dim']}): {r['dialogues_done']}/"
+             f"{r['dialogues_total']} dialogues" for r in reader.status()]
+    table.caption = f"store {store}: " + "; ".join(lines)
+    console = make_console()
+    console.print()
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from merc.extract.store import StoreReader, StoreWriter
 
 def _writer(path, manifest, fingerprint, info):
     w = StoreWriter(path, manifest.name, "egemaps")
-    w.open(manifest, fingerprint={**fingerprint, "manifest": manifest.digest()}, info=info)
+    w.open(manifest, fingerprint=fingerprint, info=info)
     return w
 
 

@@ -31,7 +31,7 @@ def test_data2vec_cli_with_frames_through_worker_processes(corpus, tmp_path):
     r = StoreReader(store)
     feats = r.load_pooled("manifest", "d2v")
     assert feats.pooled.shape == (9, 32) and feats.valid.all()
-    assert r.info("manifest", "d2v")["levels"] == ["utterance", "frame"]
+    assert r.info("manifest", "d2v")["levels"] == ["utterance", "frames"]
     frames, offsets = r.load_frames("manifest", "d2v", "d0")
     # 0.6 / 0.7 / 0.8 s clips -> the conv front end's real output lengths, nothing for padding
     lengths = torch.tensor([int(s * 16000) for s in (0.6, 0.7, 0.8)])

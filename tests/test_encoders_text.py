@@ -64,7 +64,7 @@ def test_missing_model_says_how_to_fetch_it():
     with pytest.raises(EncoderError) as err:
         build_encoder(EncoderRequest("roberta-base"))  # HF_HUB_OFFLINE=1 and not in the cache
     msg = str(err.value)
-    assert "FacebookAI/roberta-base" in msg and "huggingface-cli download FacebookAI/roberta-base" in msg
+    assert "FacebookAI/roberta-base" in msg and "hf download FacebookAI/roberta-base --local-dir" in msg
     assert time.perf_counter() - t0 < 15
 
 

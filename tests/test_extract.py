@@ -115,10 +115,11 @@ def test_bad_media_is_reported_not_fatal(tmp_path):
     report = r.info("m", "egemaps")["report"]
     assert {f["utterance_id"] for f in report["failures"]} == {"u0", "u1", "u2", "u6"}
     assert all(f["fix"] for f in report["failures"])
-    # the finished dialogue is kept: a rerun has nothing to do, and --allow-missing exits 0
+    # a rerun retries the dialogue with failures (the clips may have been fixed); still broken, the same
+    # four are reported, and --allow-missing exits 0
     again = run("--dataset", "manifest", "--root", manifest, "--encoder", "egemaps", "--store", store,
                 "--allow-missing", check_code=0).stdout
-    assert "nothing to do" in again
+    assert "retrying 1 dialogue(s) with skipped utterances" in again and "4 utterance(s) skipped" in again
 
 
 def test_empty_transcript_is_a_text_failure(tmp_path):

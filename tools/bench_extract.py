@@ -8,8 +8,8 @@ Sections (all by default; `--sections minilm,families,opensmile` picks some):
              merc's batched path against the per-utterance loop (tools/bench_families.py);
 - opensmile: eGeMAPS functionals with 1 worker process against 2 (the runner's default on 2 cores),
              whole extraction into a store; the two stores must be bitwise equal;
-- store:     the cost of committing one dialogue: merc's direct Zarr v3 file writes against the
-             zarr-python API it falls back to;
+- store:     the cost of committing one dialogue: merc's direct Zarr v3 file writes, with and without
+             their checksums, against the zarr-python API (tools/bench_store.py has verify too);
 - media:     Whisper's log-mel over the real frames (`log_mel_real_frames`) against the feature
              extractor on the padded 30 s window (bitwise equality checked), and video decoding with
              PyAV's frame threads against its default, on short synthetic clips.
@@ -187,40 +187,11 @@ def _duration(path: str) -> float:
 
 # -- store ----------------------------------------------------------------------------------------------
 
-def bench_store(n_dialogues: int, tmp: Path, repeats: int) -> None:
-    """Per-dialogue commit cost: merc's direct Zarr v3 file writes against the zarr-python API (same layout)."""
-    from merc.extract.store import StoreReader, StoreWriter
-    from merc.extract.store_files import DialogueFiles
+def bench_store(tmp: Path, repeats: int) -> None:
+    """The per-dialogue commit: zarr-python API, merc without checksums, merc as shipped (tools/bench_store.py)."""
+    from merc.tools.bench_store import bench_commit
 
-    manifest = synthetic_manifest(n_dialogues * 10)
-    rng = np.random.default_rng(0)
-    arrays = {d.id: (rng.standard_normal((len(d), 384)).astype(np.float16), np.ones(len(d), bool))
-              for d in manifest.dialogues}
-
-    def write(path: Path, direct: bool) -> float:
-        w = StoreWriter(path, manifest.name, "x")
-        w.open(manifest, fingerprint={"bench": 1}, info={"dim": 384, "modality": "text", "encoder": "x"})
-        if not direct:
-            w._files.supported = lambda dtypes: False  # the zarr-python path the writer falls back to
-        t0 = time.perf_counter()
-        for d in manifest.dialogues:
-            w.write_dialogue(d.id, *arrays[d.id])
-        return (time.perf_counter() - t0) / len(manifest.dialogues) * 1e3
-
-    assert DialogueFiles().supported([(np.dtype(np.float16), 2), (np.dtype(bool), 1)])
-    fast, slow = [], []
-    for k in range(repeats):
-        fast.append(write(tmp / f"direct{k}.zarr", True))
-        slow.append(write(tmp / f"zarr{k}.zarr", False))
-    same = all(np.array_equal(StoreReader(tmp / "direct0.zarr").load_pooled(manifest.name, "x", allow_incomplete=True)
-                              .pooled, StoreReader(tmp / f"zarr{k}.zarr").load_pooled(manifest.name, "x",
-                                                                                     allow_incomplete=True).pooled)
-               for k in range(repeats))
-    print(f"\n[store] committing {len(manifest.dialogues)} dialogues (pooled [~10, 384] fp16 + valid), {repeats} repeats")
-    print(f"{'writer':38s} {'ms per dialogue':>16s}")
-    print(f"{'zarr-python API (group, 2 arrays, attrs)':38s} {np.median(slow):16.2f}")
-    print(f"{'merc direct Zarr v3 files':38s} {np.median(fast):16.2f}")
-    print(f"speed-up: {_ratios(list(zip(slow, fast, strict=True)))}; same arrays read back: {same}")
+    bench_commit(tmp, repeats)
 
 
 # -- media -----------------------------------------------------------------------------------------------
@@ -321,7 +292,7 @@ def main() -> None:
         if "opensmile" in sections:
             bench_opensmile(args.clips, tmp, args.repeats)
         if "store" in sections:
-            bench_store(300, tmp, args.repeats)
+            bench_store(tmp, args.repeats)
         if "media" in sections:
             bench_media(64, tmp, args.repeats)
     finally:

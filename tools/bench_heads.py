@@ -60,7 +60,7 @@ def frames_read_ratio(reader, feature_set: str, repeats: int = 3) -> str:
         return [(g["frames"][...], g["offsets"][...]) for g in (fs[dialogue_key(i)] for i in ids)]
 
     def via_merc():
-        return [reader.dialogue_frames("meld", feature_set, i) for i in ids]
+        return [reader.load_frames("meld", feature_set, i) for i in ids]
 
     times: dict[str, list[float]] = {"zarr": [], "merc": []}
     for _ in range(repeats):

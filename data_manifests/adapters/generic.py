@@ -170,7 +170,7 @@ def _label_spec(file: Path, labels: str | Path | dict | None, findings: list[Fin
             return _check_spec(spec, str(candidate)), str(candidate)
     if labels is not None:
         raise ManifestError("label declaration file not found", file=str(labels),
-                            fix="check the path given as the `labels` option of load_generic")
+                            fix="check the path given as --adapter-option labels=<file>")
     return None, "inferred from the values (no .labels.json sidecar)"
 
 

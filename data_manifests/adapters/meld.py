@@ -199,11 +199,11 @@ def _pick_csv(scan: _Scan, split: str, variant: str, root: Path) -> Path:
         raise ManifestError(f"{len(found)} copies of {name} under the root: {', '.join(map(str, found))}",
                             file=str(root), fix="pass the folder of the copy you mean as root, or remove the others")
     other = next(v for v in CSV_NAMES if v != variant)
-    hint = (f"; {CSV_NAMES[other][split]} exists, so pass variant={other!r}"
+    hint = (f"; {CSV_NAMES[other][split]} exists: pass --adapter-option variant={other}"
             if scan.csvs.get(CSV_NAMES[other][split]) else "")
     raise ManifestError(f"{name} not found anywhere under the root{hint}", file=str(root),
                         fix="pass the MELD folder that holds the train/dev/test CSVs (download MELD.Raw.tar.gz "
-                            "and unpack it), or restrict splits=")
+                            "and unpack it), or extract only the splits you have: --adapter-option splits=train,test")
 
 
 def _index_clips(folders: list[Path]) -> tuple[dict[tuple[int, int], Path], int]:

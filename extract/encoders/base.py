@@ -23,6 +23,8 @@ import numpy as np
 from merc.data_manifests.errors import MercError
 from merc.data_manifests.manifest import Dialogue, Utterance
 
+from ..store.layout import FRAMES, UTTERANCE
+
 FORMAT_VERSION = 1  # bump when a change in merc alters the numbers an encoder writes
 
 
@@ -98,10 +100,16 @@ class Encoder:
     def fingerprint(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """What the encoder reads of an utterance (store layout INPUT_FIELDS): a feature is redone exactly
+        when one of these changes for its dialogue, and never for a label, split or speaker-name fix."""
+        return ("text",) if self.modality == "text" else ("media",)
+
     def info(self) -> dict:
-        levels = ["utterance", "frame"] if self.keep_frames else ["utterance"]
+        levels = [UTTERANCE, FRAMES] if self.keep_frames else [UTTERANCE]
         return {"encoder": self.name, "modality": self.modality, "dim": self.dim, "levels": levels,
-                "dtype": self.store_dtype}
+                "dtype": self.store_dtype, "inputs": list(self.inputs)}
 
 
 class EncoderError(MercError):

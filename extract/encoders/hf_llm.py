@@ -154,6 +154,13 @@ class HFLLMEncoder(Encoder):
     def dim(self) -> int:
         return int(self.model.config.hidden_size) * layer_multiplier(self.opts.layers, self.n_hidden_states)
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The prompt shows speaker names when the template or the context lines hold them."""
+        template = self.opts.prompt_template
+        speakers = "{speaker}" in template or (self.opts.prompt_context > 0 and "{context}" in template)
+        return ("text", "speaker") if speakers else ("text",)
+
     def prepare_dialogue(self, dialogue: Dialogue) -> list[Utterance]:
         k = self.opts.prompt_context
         if k == 0:

@@ -67,9 +67,9 @@ def load_pretrained(model_id: str, loader: str = "AutoModel", **kwargs):
         raise EncoderError(
             f"cannot load {model_id!r} with {loader}.from_pretrained ({str(exc).splitlines()[0]})",
             file=str(model_id),
-            fix=("download it once on a machine with network access: `huggingface-cli download "
-                 f"{model_id} --local-dir models/{Path(str(model_id)).name}` and pass that folder, or unset "
-                 "HF_HUB_OFFLINE where the hub is reachable"),
+            fix=("download it once on a machine with network access: `hf download "
+                 f"{model_id} --local-dir models/{Path(str(model_id)).name}` (the CLI of huggingface_hub) and "
+                 "pass that folder, or unset HF_HUB_OFFLINE where the hub is reachable"),
         ) from None
 
 

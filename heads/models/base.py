@@ -13,10 +13,12 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from merc.extract.store.layout import FRAMES, ROLES, UTTERANCE
+
 TaskKind = Literal["categorical", "multilabel", "regression"]
-# Modality roles a feature set can play. `--features t=minilm,a=egemaps` names them; a bare feature-set
-# name takes the role of the modality the store recorded for it (text -> t, audio -> a, video -> v).
-ROLES = ("t", "a", "v")
+# Modality roles (ROLES, from the store's vocabulary) a feature set can play. `--features t=minilm,a=egemaps`
+# names them; a bare feature-set name takes the role of the modality the store recorded for it.
+__all__ = ["FRAMES", "ROLES", "UTTERANCE", "Batch", "Head", "HeadOutput", "TaskSpec"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class Head(nn.Module):
 
     name: ClassVar[str] = ""
     config_cls: ClassVar[type] = object
-    levels: ClassVar[tuple[str, ...]] = ("utterance",)  # add "frames" for token/frame-sequence heads
+    levels: ClassVar[tuple[str, ...]] = (UTTERANCE,)  # FRAMES for token/frame-sequence heads (store vocabulary)
     required_roles: ClassVar[tuple[str, ...]] = ()  # e.g. ("t", "a") for MiSTER-E
     optional_roles: ClassVar[tuple[str, ...]] = ROLES
     uses_context: ClassVar[bool] = True  # False for utterance-level heads (MMoLRE, the MLP baseline)

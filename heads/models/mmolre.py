@@ -37,7 +37,7 @@ from torch import nn
 
 from ..registry import register_head
 from ._common import task_loss
-from .base import Batch, Head, HeadOutput, TaskSpec
+from .base import FRAMES, Batch, Head, HeadOutput, TaskSpec
 
 
 @dataclass
@@ -222,7 +222,7 @@ def output_mlp(cfg: MMoLREConfig, out_dim: int) -> nn.Sequential:
 class MMoLRE(Head):
     name = "mmolre"
     config_cls = MMoLREConfig
-    levels = ("frames",)
+    levels = (FRAMES,)
     required_roles = ("t", "a")
     optional_roles = ()
     uses_context = False
