@@ -80,3 +80,25 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, encoder):
         assert got.pooled.tobytes() == want.pooled.tobytes()
     else:
         np.testing.assert_allclose(got.pooled.astype(np.float32), want.pooled.astype(np.float32), atol=1e-3)
+
+
+def test_ctrl_c_keeps_committed_dialogues_and_says_how_to_resume(tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: a message, exit 130, no traceback."""
+    corpus = write_manifest_corpus(tmp_path / "corpus", n_dialogues=14, n_utts=4, seconds=0.5)
+    store = tmp_path / "s.zarr"
+    proc = subprocess.Popen(_cmd(corpus, store, "egemaps"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env=ENV)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and _committed(store, "egemaps") < 2:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the extraction finished before the interrupt arrived")
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in out and "are committed and kept; rerun the same command to resume" in out
+    assert "Traceback" not in out + err
+    kept = _committed(store, "egemaps")
+    assert kept >= 2
+    final = subprocess.run(_cmd(corpus, store, "egemaps"), capture_output=True, text=True, env=ENV)
+    assert final.returncode == 0 and f"{kept} were already done" in final.stdout
