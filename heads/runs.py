@@ -416,6 +416,8 @@ def resume_run(run_dir: str | Path, callbacks: list[Callback] | None = None) -> 
         resume_file = run_dir / RESUME_FILE
         state = load_state(resume_file) if resume_file.exists() else None  # none: stopped before epoch 1 ended
         record = RunRecord.open(run_dir)
+        if state is not None and state.best_model_file:
+            state.best_model = _best_weights(p.head, run_dir / state.best_model_file, record.data.get("model_sha256"))
         done = len(state.history) if state is not None else 0
         record.update(status="running", started=now(), finished=None, error=None, pid=os.getpid(),
                       resumed=[*record.data.get("resumed", []), {"at": now(), "epochs_done": done}],
@@ -423,6 +425,21 @@ def resume_run(run_dir: str | Path, callbacks: list[Callback] | None = None) -> 
         # the log holds exactly the epochs the state holds (a kill may have come between the two writes)
         atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in (state.history if state else [])))
         return _execute(p, run_dir, record, state, None, resumed_from=done)
+
+
+def _best_weights(head: Head, path: Path, sha: str | None) -> dict[str, torch.Tensor]:
+    """The stage's best weights from the run's checkpoint file (checked against run.json), as a state dict.
+
+    A kill between the best checkpoint and the epoch's state leaves a newer best than the state knows; the
+    resumed run recomputes that epoch exactly, improves again and so replaces it with the same weights."""
+    from safetensors.torch import load_model
+
+    if not path.exists() or (sha is not None and sha256_file(path) != sha):
+        raise HeadsError(f"{path.name} is {'missing' if not path.exists() else 'damaged'}: the resumed run needs "
+                         "the best weights it holds", file=str(path.parent),
+                         fix="restore the run directory from a copy, or train the run again")
+    load_model(head, str(path), strict=True)
+    return {k: v.detach().clone() for k, v in head.state_dict().items()}
 
 
 def _execute(p: _Prepared, run_dir: Path, record: RunRecord, state: TrainState | None, setup,
@@ -475,7 +492,7 @@ class _RunCheckpoint(Callback):
 
     def on_checkpoint(self, state: TrainState) -> None:
         with sigint_deferred():
-            save_state(state, self.run_dir / RESUME_FILE)
+            save_state(state, self.run_dir / RESUME_FILE, best_model_file=MODEL_FILE)
             self.record.update(stage=state.stage, stage_epoch=state.epoch + 1, epochs_done=len(state.history))
 
 

@@ -128,6 +128,20 @@ def test_resume_without_the_random_generators_differs(store, gru_reference, tmp_
         (gru_reference.run_dir / "model.safetensors").read_bytes()
 
 
+def test_resume_takes_the_stages_best_weights_from_the_checkpoint_file(store, tmp_path):
+    """The resume state does not repeat the best weights that model.safetensors holds: a resumed run whose best
+    epoch lies behind it must end with those weights, not the current ones."""
+    over = {**GRU, "lr": "1e-7", "monitor": "accuracy"}  # weights move a little, predictions do not: best = epoch 1
+    ref = train_run(request(store, tmp_path / "ref", "r", overrides=over, epochs=4))
+    assert ref.fit.best["main"]["epoch"] == 0
+    with pytest.raises(RunInterrupted):
+        train_run(request(store, tmp_path, "cut", overrides=over, epochs=4), callbacks=[StopAt("main", 2)])
+    state = load_state(tmp_path / "cut" / RESUME_FILE)
+    assert state.best_model_file == "model.safetensors" and state.best_model is None and state.best_epoch == 0
+    resume_run(tmp_path / "cut")
+    assert_same_run(tmp_path / "cut", ref.run_dir)
+
+
 @pytest.fixture(scope="module")
 def summer_reference(store, tmp_path_factory):
     return train_run(request(store, tmp_path_factory.mktemp("ref"), "summer", head="summer", epochs=3,
