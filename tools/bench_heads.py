@@ -14,7 +14,7 @@ What it does:
    and reports the epoch time (measured steps scaled to the 9,989 training utterances), the achieved
    GFLOP/s (FLOPs of one forward+backward counted with torch.utils.flop_counter.FlopCounterMode; on the
    CPU a GRU runs as per-step matmuls, which the counter sees) and how far that is from the measured
-   matmul rate.
+   matmul rate, and the time of one end-of-epoch checkpoint (resume state + best weights).
 
 Not a test: numbers depend on the machine and on whatever else runs on it.
 """
@@ -134,7 +134,28 @@ def bench_head(name: str, data, precision: str, budget: float, batch_size: int |
     return {"head": name, "precision": precision, "params_M": n_params / 1e6, "batch": bs, "steps": steps,
             "utt_per_s": utt_per_s, "epoch_s": MELD_UTTERANCES["train"] / utt_per_s,
             "full_epoch": steps >= data.n_batches("train", bs) - 2, "gflop_per_utt": flops / flop_utts / 1e9,
-            "gflops": gflops}
+            "gflops": gflops, "checkpoint_s": checkpoint_seconds(head, opt)}
+
+
+def checkpoint_seconds(head, opt) -> float:
+    """What a run pays at the end of an epoch to survive interruption: the resume state (weights, optimiser,
+    RNGs; heads/checkpoint.py) plus the best-so-far weights, both written atomically as `merc-heads train` does."""
+    import numpy as np
+
+    from merc.heads.checkpoint import TrainState, capture_rng, save_model_atomic, save_state
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
+    try:
+        t0 = time.perf_counter()
+        save_model_atomic(head, folder / "model.safetensors")
+        state = TrainState(stages=["main"], stage_index=0, epoch=0, model=head.state_dict(), best_model=None,
+                           optimizer=opt.state_dict(), scheduler=None, scaler=None, best_value=None, best_epoch=0,
+                           bad_epochs=0, best={}, history=[], rng=capture_rng(np.random.default_rng(0),
+                                                                              torch.device("cpu")), seconds=0.0)
+        save_state(state, folder / "resume.safetensors", best_model_file="model.safetensors")
+        return time.perf_counter() - t0
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:
@@ -214,13 +235,14 @@ def main() -> None:
         print(f"best matmul 1024^3 seen: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
               "(~ = epoch time scaled from the timed steps)")
         print("| head | precision | params (M) | batch | epoch (s) | utt/s | GFLOP/utt (fwd+bwd) | GFLOP/s | "
-              "best matmul / achieved |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "best matmul / achieved | checkpoint (s, % of epoch) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             approx = "" if r["full_epoch"] else "~"
             of_peak = peak[r["precision"]] / r["gflops"] if r["gflops"] > 0 else float("inf")
             print(f"| {r['head']} | {r['precision']} | {r['params_M']:.2f} | {r['batch']} | {approx}{r['epoch_s']:.1f} | "
-                  f"{r['utt_per_s']:.0f} | {r['gflop_per_utt']:.3f} | {r['gflops']:.1f} | {of_peak:.1f}x |")
+                  f"{r['utt_per_s']:.0f} | {r['gflop_per_utt']:.3f} | {r['gflops']:.1f} | {of_peak:.1f}x | "
+                  f"{r['checkpoint_s']:.2f} ({100 * r['checkpoint_s'] / r['epoch_s']:.1f} %) |")
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
