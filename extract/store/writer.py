@@ -145,16 +145,17 @@ class StoreWriter:
                 previous = tbl.read_table(folder, attrs.get("manifest_checksums"))
             except DamagedError:
                 previous = None  # rewritten below from the manifest just loaded
-        stats, _ = tbl.fill_media_digests(manifest, previous) if self._reads_media_hint(manifest) else ({}, 0)
+        stats, hashed = tbl.fill_media_digests(manifest, previous) if self._reads_media_hint(manifest) else ({}, 0)
         cols = tbl.manifest_columns(manifest, stats)
-        notes = []
+        notes = [f"{self.dataset}: read the content of {hashed} media file(s) to identify them (a clip's SHA-256 "
+                 "keys its features; unchanged files are not read again)"] if hashed else []
         if previous is not None:
             tbl.keep_media_of(previous, cols)
             if source and attrs.get("source") != source:
                 notes.append(f"{self.dataset}: built with {_source_words(attrs.get('source'))} before, now with "
                              f"{_source_words(source)}")
             elif attrs.get("manifest_digest") == manifest.digest() and not _media_changed(previous, cols):
-                return []
+                return notes
             changes = tbl.describe_changes(previous, cols)
             if changes:
                 notes.append(f"{self.dataset}: the manifest changed since the store was written ({'; '.join(changes)}); "
