@@ -275,3 +275,16 @@ def test_adapter_options_reach_the_adapter_and_the_redo_command(tmp_path):
     assert f"--adapter-option labels={labels}" in StoreReader(store).extract_command("manifest", "egemaps", None)
     out = extract(corpus, store, "egemaps", "--adapter-option", "nonsense=1", code=2)
     assert "has no option(s) nonsense" in out and "labels" in out
+
+
+@pytest.mark.parametrize("target", ["store", "dataset", "feature set", "dialogue marker"])
+def test_verify_never_crashes_on_damaged_metadata(corpus, tmp_path, target):
+    store = tmp_path / "s.zarr"
+    extract(corpus, store)
+    path = {"store": store, "dataset": store / "manifest", "feature set": store / "manifest" / "egemaps",
+            "dialogue marker": store / "manifest" / "egemaps" / dialogue_key("d0")}[target] / "zarr.json"
+    path.write_bytes(b"\x00not json")
+    out = extract_cli("verify", "--store", store, code=2 if target == "store" else 1)
+    assert "Traceback" not in out and ("damaged" in out or "problem" in out)
+    if target != "store":
+        assert "fix:" in out

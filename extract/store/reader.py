@@ -75,6 +75,10 @@ class StoreReader:
             raise StoreError("--store points at a file, not a Zarr store folder", file=str(self.path),
                              fix="pass the folder merc-extract wrote (e.g. cache.zarr)")
         meta = _read_json(self.path / "zarr.json")
+        if meta is None and (self.path / "zarr.json").exists():
+            raise StoreError("the store's own zarr.json is damaged (not JSON)", file=str(self.path / "zarr.json"),
+                             fix='restore it: {"attributes": {"merc_store_format": 2}, "zarr_format": 3, '
+                                 '"node_type": "group"} (merc-extract verify then checks everything below it)')
         if meta is None:
             raise StoreError(f"no Zarr store at {self.path}", file=str(self.path),
                              fix="run merc-extract first, or pass the right --store path")
@@ -258,15 +262,16 @@ class StoreReader:
                          fix=self._redo_fix(dataset, feature_set))
 
     def _redo_fix(self, dataset: str, feature_set: str) -> str:
-        return (f"rerun {self.extract_command(dataset, feature_set, {})}: it redoes exactly the missing, stale or "
+        return (f"rerun {self.extract_command(dataset, feature_set, None)}: it redoes exactly the missing, stale or "
                 "damaged dialogues and keeps the rest")
 
     def extract_command(self, dataset: str, feature_set: str, info: dict | None) -> str:
         """The merc-extract command that (re)writes a feature set, from what the store recorded."""
-        try:
-            info = info or self.info(dataset, feature_set)
-        except StoreError:
-            info = {}
+        if info is None:
+            try:
+                info = self.info(dataset, feature_set)
+            except StoreError:
+                info = {}
         try:
             root = self.dataset_attrs(dataset)["manifest"].get("root") or "<corpus>"
         except StoreError:
