@@ -25,6 +25,7 @@ from .layout import (
     STORE_FORMAT,
     UTTERANCE,
     StoreError,
+    default_inputs,
     dialogue_inputs,
     dialogue_key,
     fingerprint_hash,
@@ -32,7 +33,7 @@ from .layout import (
     normalize_levels,
 )
 from .reader import DialogueState, PooledFeatures, StoreReader
-from .writer import Plan, StoreWriter, default_inputs
+from .writer import Plan, StoreWriter
 
 __all__ = [
     "FLOAT16_MAX", "FRAMES", "LEVELS", "MODALITY_OF_ROLE", "ROLES", "ROLE_OF_MODALITY", "STORE_DTYPES",

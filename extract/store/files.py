@@ -96,6 +96,17 @@ class ArrayFiles:
         os.replace(tmp, folder / "zarr.json")
 
 
+def read_attrs(folder: Path) -> dict | None:
+    """A group's attributes straight from its zarr.json (zarr-python opens a group in ~2 ms, which made
+    listing MELD's 1,433 dialogues take seconds); None when it is missing, half-written or damaged."""
+    try:
+        meta = json.loads((folder / "zarr.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else None
+    return attrs if isinstance(attrs, dict) else None
+
+
 def read_array(group: Path, name: str, checksums: Checksums | None) -> np.ndarray:
     """The array `group/name`, every file checked against `checksums` (None: a store without them).
 

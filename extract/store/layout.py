@@ -126,6 +126,32 @@ def _time(value: float | None) -> float | None:
     return round(float(value), 6)
 
 
+def default_inputs(modality: str) -> tuple[str, ...]:
+    """What an encoder of a modality reads when it does not say: the text, or the clip."""
+    return ("text",) if modality == "text" else ("media",)
+
+
+def feature_inputs(attrs: dict) -> tuple[str, ...]:
+    """The input fields a feature set's encoder read, from its attributes."""
+    return check_inputs(attrs.get("inputs") or default_inputs(attrs.get("modality", "")))
+
+
+def members_digest(members: list[tuple[str, dict]]) -> str:
+    """Names the exact dialogue arrays a packed copy was made from: ids in order + their pooled/valid checksums."""
+    rows = [[i, {k: v for k, v in sorted(c.items()) if k.split("/")[0] in (POOLED, VALID)}] for i, c in members]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:32]
+
+
+def check_format(path, attrs: dict) -> None:
+    """A store written by another merc store format is refused, saying what to do."""
+    fmt = attrs.get("merc_store_format")
+    if fmt != STORE_FORMAT:
+        raise StoreError(f"the store has format {fmt}, this merc reads format {STORE_FORMAT} (format 2 added "
+                         "checksums and per-dialogue input digests)", file=str(path),
+                         fix="extract into a new store (another --store path); the old one stays readable by the "
+                             "merc that wrote it")
+
+
 def finite_abs_max(values: np.ndarray) -> float:
     """The largest |value| among the finite ones (0 if none): two reductions, no copy unless NaN/inf are present."""
     if values.size == 0:

@@ -16,7 +16,7 @@ import numpy as np
 from merc.data_manifests.manifest import LabelSpace, Manifest
 
 from . import table as tbl
-from .files import DamagedError, check_files, read_array
+from .files import DamagedError, check_files, read_array, read_attrs
 from .layout import (
     DIALOGUE_OFFSETS,
     FRAME_ARRAYS,
@@ -26,13 +26,14 @@ from .layout import (
     POOLED,
     VALID,
     StoreError,
-    check_inputs,
+    check_format,
     dialogue_key,
+    feature_inputs,
     inputs_digest,
+    members_digest,
     normalize_levels,
     utterance_inputs,
 )
-from .writer import _group_attrs, _read_json, check_format, default_inputs, members_digest
 
 
 @dataclass
@@ -74,15 +75,15 @@ class StoreReader:
         if self.path.exists() and not self.path.is_dir():
             raise StoreError("--store points at a file, not a Zarr store folder", file=str(self.path),
                              fix="pass the folder merc-extract wrote (e.g. cache.zarr)")
-        meta = _read_json(self.path / "zarr.json")
-        if meta is None and (self.path / "zarr.json").exists():
+        attrs = read_attrs(self.path)
+        if attrs is None and (self.path / "zarr.json").exists():
             raise StoreError("the store's own zarr.json is damaged (not JSON)", file=str(self.path / "zarr.json"),
                              fix='restore it: {"attributes": {"merc_store_format": 2}, "zarr_format": 3, '
                                  '"node_type": "group"} (merc-extract verify then checks everything below it)')
-        if meta is None:
+        if attrs is None:
             raise StoreError(f"no Zarr store at {self.path}", file=str(self.path),
                              fix="run merc-extract first, or pass the right --store path")
-        check_format(self.path, meta.get("attributes", {}))
+        check_format(self.path, attrs)
         self._tables: dict[str, dict[str, np.ndarray]] = {}
         self._states: dict[tuple[str, str], list[DialogueState]] = {}
 
@@ -96,8 +97,8 @@ class StoreReader:
                       if c.is_dir() and c.name != MANIFEST and (c / "zarr.json").is_file())
 
     def dataset_attrs(self, dataset: str) -> dict:
-        attrs = (_read_json(self._dataset_folder(dataset) / "zarr.json") or {}).get("attributes")
-        if not isinstance(attrs, dict) or "manifest" not in attrs:
+        attrs = read_attrs(self._dataset_folder(dataset))
+        if attrs is None or "manifest" not in attrs:
             raise StoreError(f"dataset {dataset!r} has no readable metadata (zarr.json damaged or half-written)",
                              file=str(self.path / dataset),
                              fix=f"rerun merc-extract --dataset {dataset} ... --store {self.path}: it rewrites the table")
@@ -131,8 +132,8 @@ class StoreReader:
     def info(self, dataset: str, feature_set: str) -> dict:
         """A feature set's attributes (encoder, fingerprint, dim, dtype, modality, levels, inputs, report)."""
         folder = self._fs_folder(dataset, feature_set)
-        attrs = (_read_json(folder / "zarr.json") or {}).get("attributes")
-        if not isinstance(attrs, dict) or "dim" not in attrs:
+        attrs = read_attrs(folder)
+        if attrs is None or "dim" not in attrs:
             raise StoreError(f"feature set {dataset}/{feature_set} has no readable metadata", file=str(folder),
                              fix=f"re-extract it: {self.extract_command(dataset, feature_set, {})} --overwrite")
         return {**attrs, "levels": normalize_levels(attrs.get("levels", ["utterance"]))}
@@ -145,13 +146,13 @@ class StoreReader:
         cache_key = (dataset, feature_set)
         if cache_key not in self._states:
             info = self.info(dataset, feature_set)
-            fields = check_inputs(info.get("inputs") or default_inputs(info.get("modality", "")))
+            fields = feature_inputs(info)
             digests = self._input_digests(dataset, fields)
             folder = self._fs_folder(dataset, feature_set)
             states = []
             for dia_id, digest in digests.items():
                 key = dialogue_key(dia_id)
-                attrs = _group_attrs(folder / key)
+                attrs = read_attrs(folder / key) or {}
                 state = ("missing" if not attrs.get("complete") else
                          "stale" if attrs.get("inputs") != digest else "current")
                 states.append(DialogueState(dia_id, key, attrs, state))
@@ -188,7 +189,7 @@ class StoreReader:
         if packed is not None:
             return packed
         dim, dtype = int(info["dim"]), np.dtype(info.get("dtype", "float16"))
-        lengths = self._lengths(dataset)
+        lengths = self.utterance_counts(dataset)
         pooled, valid = [], []
         for s in states:
             if s.state == "current":
@@ -236,7 +237,7 @@ class StoreReader:
         if any(s.state != "current" for s in states):
             return None
         folder = self._fs_folder(dataset, feature_set) / PACKED
-        attrs = _group_attrs(folder)
+        attrs = read_attrs(folder) or {}
         if not attrs.get("complete") or attrs.get("members") != members_digest(
                 [(s.dialogue_id, s.checksums) for s in states]):
             return None
@@ -295,7 +296,8 @@ class StoreReader:
         parts.append(f"--store {self.path}")
         return " ".join(parts)
 
-    def _lengths(self, dataset: str) -> dict[str, int]:
+    def utterance_counts(self, dataset: str) -> dict[str, int]:
+        """dialogue id -> its number of utterances."""
         ids, counts = np.unique(self.manifest_columns(dataset)["dialogue_id"].astype(str), return_counts=True)
         return dict(zip(ids.tolist(), counts.tolist(), strict=True))
 
@@ -330,7 +332,7 @@ class StoreReader:
     def packed_current(self, dataset: str, feature_set: str) -> bool:
         states = self.dialogue_states(dataset, feature_set)
         folder = self._fs_folder(dataset, feature_set) / PACKED
-        attrs = _group_attrs(folder)
+        attrs = read_attrs(folder) or {}
         return (all(s.state == "current" for s in states) and bool(attrs.get("complete"))
                 and attrs.get("members") == members_digest([(s.dialogue_id, s.checksums) for s in states])
                 and not check_files(folder, attrs.get("checksums") or {}))

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .files import DamagedError, check_files, read_array
+from .files import DamagedError, check_files, read_array, read_attrs
 from .layout import FRAME_ARRAYS, FRAMES, PACKED, POOLED, VALID, StoreError, dialogue_key
 from .reader import DialogueState, StoreReader
-from .writer import _group_attrs, committed_groups
+from .writer import committed_groups
 
 
 @dataclass
@@ -53,13 +53,13 @@ def _verify_feature_set(reader: StoreReader, ds: str, fs: str) -> list[str]:
     info = reader.info(ds, fs)
     folder = reader.path / ds / fs
     dim = int(info["dim"])
-    lengths = reader._lengths(ds)
+    lengths = reader.utterance_counts(ds)
     problems = []
     states = reader.dialogue_states(ds, fs)
     manifest_keys = {s.key for s in states}
     for key in sorted(k.name for k in folder.iterdir() if k.is_dir() and k.name != PACKED):
         if key not in manifest_keys:
-            attrs = _group_attrs(folder / key)
+            attrs = read_attrs(folder / key) or {}
             what = "committed" if attrs.get("complete") else "uncommitted"
             problems.append(f"{ds}/{fs}/{key}: a {what} dialogue the manifest does not have "
                             f"({attrs.get('dialogue_id', '?')}); the next merc-extract run drops it")

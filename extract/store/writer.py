@@ -14,7 +14,6 @@ once every dialogue is current, from verified arrays only.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import time
@@ -27,7 +26,7 @@ import numpy as np
 from merc.data_manifests.manifest import Dialogue, Manifest
 
 from . import table as tbl
-from .files import ArrayFiles, Checksums, DamagedError, check_files, read_array
+from .files import ArrayFiles, Checksums, DamagedError, check_files, read_array, read_attrs
 from .layout import (
     DIALOGUE_OFFSETS,
     FLOAT16_MAX,
@@ -39,11 +38,15 @@ from .layout import (
     STORE_FORMAT,
     VALID,
     StoreError,
+    check_format,
     check_inputs,
+    default_inputs,
     dialogue_inputs,
     dialogue_key,
+    feature_inputs,
     fingerprint_hash,
     finite_abs_max,
+    members_digest,
     normalize_levels,
 )
 
@@ -127,25 +130,26 @@ class StoreWriter:
                              fix="make the store writable or free disk space, or pass another --store") from None
 
     def _open_root(self) -> None:
-        meta = _read_json(self.path / "zarr.json")
-        if meta is None:
+        attrs = read_attrs(self.path)
+        if attrs is None:
             if self.path.exists() and any(self.path.iterdir()):
-                raise StoreError("the folder exists, is not empty, and is not a Zarr store", file=str(self.path),
-                                 fix="pass a new or existing merc store as --store")
+                raise StoreError("the folder exists, is not empty, and is not a readable Zarr store",
+                                 file=str(self.path), fix="pass a new or existing merc store as --store")
             ArrayFiles.write_group(self.path, {"merc_store_format": STORE_FORMAT})
             return
-        check_format(self.path, meta.get("attributes", {}))
+        check_format(self.path, attrs)
 
     def _open_dataset(self, manifest: Manifest, source: dict | None) -> list[str]:
         folder = self.path / self.dataset
-        attrs = (_read_json(folder / "zarr.json") or {}).get("attributes")
+        attrs = read_attrs(folder)
         previous = None
         if attrs and "manifest" in attrs:
             try:
                 previous = tbl.read_table(folder, attrs.get("manifest_checksums"))
             except DamagedError:
                 previous = None  # rewritten below from the manifest just loaded
-        stats, hashed = tbl.fill_media_digests(manifest, previous) if self._reads_media_hint(manifest) else ({}, 0)
+        has_media = any(u.media for u in manifest.utterances())  # digests: stat only after the first run
+        stats, hashed = tbl.fill_media_digests(manifest, previous) if has_media else ({}, 0)
         cols = tbl.manifest_columns(manifest, stats)
         notes = [f"{self.dataset}: read the content of {hashed} media file(s) to identify them (a clip's SHA-256 "
                  "keys its features; unchanged files are not read again)"] if hashed else []
@@ -168,14 +172,10 @@ class StoreWriter:
                                         "source": source or (attrs or {}).get("source")})
         return notes
 
-    def _reads_media_hint(self, manifest: Manifest) -> bool:
-        """Digests are taken when any utterance has media (cheap after the first run: stat only)."""
-        return any(u.media for u in manifest.utterances())
-
     def _open_feature_set(self, fingerprint: dict, info: dict, overwrite: bool) -> list[str]:
         folder = self._folder
         fp_hash = fingerprint_hash(fingerprint)
-        attrs = (_read_json(folder / "zarr.json") or {}).get("attributes") if folder.exists() else None
+        attrs = read_attrs(folder)
         notes = []
         if attrs is not None and attrs.get("fingerprint_hash") != fp_hash:
             diff = _diff(attrs.get("fingerprint", {}), fingerprint)
@@ -203,15 +203,15 @@ class StoreWriter:
         present = {k for k in _group_keys(self._folder)}
         plan.orphans = sorted(present - keys.keys())
         for key, d in keys.items():
-            attrs = _group_attrs(self._folder / key) if key in present else {}
+            attrs = (read_attrs(self._folder / key) or {}) if key in present else {}
             if not attrs.get("complete"):
                 plan.missing.append(d.id)
             elif attrs.get("inputs") != dialogue_inputs(d, fields):
                 plan.stale.append(d.id)
             elif (problems := check_files(self._folder / key, attrs.get("checksums") or {})) or not attrs.get("checksums"):
                 plan.damaged[d.id] = problems[0] if problems else "no checksums recorded"
-            elif _shape_problem(self._folder / key, attrs, len(d)):
-                plan.damaged[d.id] = _shape_problem(self._folder / key, attrs, len(d))
+            elif attrs.get("n_utt") != len(d):
+                plan.damaged[d.id] = f"{attrs.get('n_utt')} utterances stored, the manifest has {len(d)}"
             elif attrs.get("failures"):
                 plan.failed.append(d.id)
             else:
@@ -235,7 +235,7 @@ class StoreWriter:
 
     @functools.cached_property
     def _attrs(self) -> dict:
-        attrs = (_read_json(self._folder / "zarr.json") or {}).get("attributes")
+        attrs = read_attrs(self._folder)
         if attrs is None:
             raise StoreError(f"feature set {self.dataset}/{self.feature_set} is not in the store", file=str(self.path),
                              fix="run merc-extract for it first")
@@ -247,7 +247,7 @@ class StoreWriter:
 
     @property
     def _inputs(self) -> tuple[str, ...]:
-        return check_inputs(self._attrs.get("inputs") or default_inputs(self._attrs.get("modality", "")))
+        return feature_inputs(self._attrs)
 
     def inputs_digest(self, dialogue: Dialogue) -> str:
         return dialogue_inputs(dialogue, self._inputs)
@@ -263,7 +263,7 @@ class StoreWriter:
         key = dialogue_key(dialogue_id)
         folder = self._folder / key
         if folder.exists():  # left over from a killed run: never trust a group without its marker
-            if _group_attrs(folder).get("complete"):
+            if (read_attrs(folder) or {}).get("complete"):
                 return
             shutil.rmtree(folder, ignore_errors=True)
         if inputs is None:
@@ -298,7 +298,7 @@ class StoreWriter:
     def finalize(self, manifest: Manifest) -> dict:
         """Record the report and, once every dialogue is current, pack the pooled rows (nothing is written
         when nothing changed, so a no-op rerun leaves the store untouched)."""
-        groups = {k: _group_attrs(self._folder / k) for k in _group_keys(self._folder)}
+        groups = {k: read_attrs(self._folder / k) or {} for k in _group_keys(self._folder)}
         by_id = {a["dialogue_id"]: (k, a) for k, a in groups.items() if a.get("complete")}
         failures = [f for _, a in by_id.values() for f in a.get("failures", [])]
         missing = [d.id for d in manifest.dialogues if d.id not in by_id]
@@ -312,7 +312,7 @@ class StoreWriter:
     def _pack_if_needed(self, manifest: Manifest, by_id: dict[str, tuple[str, dict]]) -> None:
         ids = [d.id for d in manifest.dialogues]
         members = members_digest([(i, by_id[i][1]["checksums"]) for i in ids])
-        packed = _group_attrs(self._folder / PACKED)
+        packed = read_attrs(self._folder / PACKED) or {}
         if (packed.get("complete") and packed.get("members") == members
                 and not check_files(self._folder / PACKED, packed.get("checksums", {}))):
             return
@@ -340,11 +340,6 @@ class StoreWriter:
 # helpers shared with the reader and verify
 # ---------------------------------------------------------------------------------------------------
 
-def default_inputs(modality: str) -> tuple[str, ...]:
-    """What an encoder of a modality reads when it does not say: the text, or the clip."""
-    return ("text",) if modality == "text" else ("media",)
-
-
 def check_writable(path: Path) -> None:
     """Refuse a store path that cannot be written, before any model loads."""
     if path.exists() and not path.is_dir():
@@ -367,36 +362,18 @@ def _can_write(folder: Path) -> bool:
         return False
 
 
-def check_format(path: Path, attrs: dict) -> None:
-    fmt = attrs.get("merc_store_format")
-    if fmt != STORE_FORMAT:
-        raise StoreError(f"the store has format {fmt}, this merc reads format {STORE_FORMAT} (format 2 added "
-                         "checksums and per-dialogue input digests)", file=str(path),
-                         fix="extract into a new store (another --store path); the old one stays readable by the "
-                             "merc that wrote it")
-
-
 def committed_groups(folder: Path) -> dict[str, str]:
     """dialogue id -> group key of a feature set's committed dialogues (read straight from zarr.json files)."""
     out = {}
     for key in _group_keys(folder):
-        attrs = _group_attrs(folder / key)
+        attrs = read_attrs(folder / key) or {}
         if attrs.get("complete") and "dialogue_id" in attrs:
             out[attrs["dialogue_id"]] = key
     return out
 
 
-def members_digest(members: list[tuple[str, Checksums]]) -> str:
-    """Names the exact dialogue arrays a packed copy was made from (ids in order + their pooled/valid sums)."""
-    from .files import sha256
-
-    rows = [[i, {k: v for k, v in sorted(c.items()) if k.split("/")[0] in (POOLED, VALID)}] for i, c in members]
-    return sha256(json.dumps(rows).encode())[:32]
-
-
 def update_attrs(folder: Path, **changes) -> None:
-    attrs = (_read_json(folder / "zarr.json") or {}).get("attributes", {})
-    ArrayFiles.write_group(folder, {**attrs, **_plain(changes)})
+    ArrayFiles.write_group(folder, {**(read_attrs(folder) or {}), **_plain(changes)})
 
 
 def _group_keys(folder: Path) -> list[str]:
@@ -404,28 +381,6 @@ def _group_keys(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(c.name for c in folder.iterdir() if c.is_dir() and c.name != PACKED)
-
-
-def _group_attrs(folder: Path) -> dict:
-    """A group's attributes read straight from its zarr.json; {} when it is missing or damaged."""
-    meta = _read_json(folder / "zarr.json")
-    attrs = (meta or {}).get("attributes", {})
-    return attrs if isinstance(attrs, dict) else {}
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        meta = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _shape_problem(folder: Path, attrs: dict, n_utt: int) -> str | None:
-    """The marker's utterance count against the manifest's (shapes themselves are checked on read)."""
-    if attrs.get("n_utt") != n_utt:
-        return f"{attrs.get('n_utt')} utterances stored, the manifest has {n_utt}"
-    return None
 
 
 def _media_changed(previous: dict[str, np.ndarray], cols: dict[str, np.ndarray]) -> bool:
