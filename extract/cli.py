@@ -293,8 +293,8 @@ def encoders() -> None:
     """List the encoder short names."""
     from merc.extract.encoders import ENCODERS
 
-    for name, (_, desc) in sorted(ENCODERS.items()):
-        print(f"{name:16s} {desc}")
+    for name in ENCODERS.names():
+        print(f"{name:16s} {ENCODERS.description(name)}")
     for prefix, what in (("hf:<id>", "any Hugging Face id or local folder; the family comes from its config "
                                       "(text, speech SSL, Whisper, vision, speech LLM, LLM)"),
                          ("llm:<id>", "decoder-only LLM: own-token pooling, --prompt-context, --adapter"),

@@ -13,24 +13,21 @@ from pathlib import Path
 
 from ..errors import ManifestError
 from ..manifest import Manifest
-from .generic import load_generic
-from .iemocap import load_iemocap
-from .meld import load_meld
+from ..registry import Registry
 
 AdapterFn = Callable[..., Manifest]
 
-ADAPTERS: dict[str, AdapterFn] = {
-    "meld": load_meld,
-    "iemocap": load_iemocap,
-    "manifest": load_generic,
-}
+# name -> loader, each registered by its module's `@ADAPTERS.register(...)`, imported on first use
+ADAPTERS: Registry[AdapterFn] = Registry("dataset", lazy={
+    "meld": "merc.data_manifests.adapters.meld",
+    "iemocap": "merc.data_manifests.adapters.iemocap",
+    "manifest": "merc.data_manifests.adapters.generic",
+})
 
 
 def register_adapter(name: str, fn: AdapterFn) -> None:
     """Add a corpus adapter: ``fn(root, **options) -> Manifest`` (a validated one)."""
-    if name in ADAPTERS and ADAPTERS[name] is not fn:
-        raise ValueError(f"adapter {name!r} is already registered to {ADAPTERS[name].__module__}")
-    ADAPTERS[name] = fn
+    ADAPTERS.register(name)(fn)
 
 
 def adapter_options(name: str) -> list[str]:
@@ -54,9 +51,8 @@ def _get(name: str) -> AdapterFn:
     key = name.strip().lower()
     if key not in ADAPTERS:
         raise ManifestError(f"unknown dataset {name!r}", file="--dataset",
-                            fix=f"use one of {', '.join(sorted(ADAPTERS))} (a CSV/JSONL file of your own: 'manifest')")
-    return ADAPTERS[key]
+                            fix=f"use one of {', '.join(ADAPTERS.names())} (a CSV/JSONL file of your own: 'manifest')")
+    return ADAPTERS.get(key)
 
 
-__all__ = ["ADAPTERS", "adapter_options", "load_generic", "load_iemocap", "load_manifest", "load_meld",
-           "register_adapter"]
+__all__ = ["ADAPTERS", "adapter_options", "load_manifest", "register_adapter"]

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import Finding, ManifestError
 from ..manifest import Dialogue, LabelSpace, LabelValue, Manifest, Utterance
+from . import ADAPTERS
 from ._common import raise_problems, read_csv, read_lines
 
 REQUIRED = ("dialogue_id", "utterance_id", "speaker", "text", "split")
@@ -52,6 +53,7 @@ class _Table:
     notes: list[Finding] = field(default_factory=list)  # non-fatal: lines decoded as cp1252
 
 
+@ADAPTERS.register("manifest", "a CSV/TSV/JSONL manifest you write")
 def load_generic(path: str | Path, *, labels: str | Path | dict | None = None, name: str | None = None) -> Manifest:
     """Build a validated manifest from a user's CSV/TSV/JSONL file (or a folder holding manifest.csv/jsonl).
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from ..errors import Finding, ManifestError
 from ..labels import IEMOCAP_4, IEMOCAP_6, IEMOCAP_VAD
 from ..manifest import Dialogue, LabelSpace, Manifest, Utterance
+from . import ADAPTERS
 from ._common import TextFile, is_hidden, raise_problems, read_lines, require_root
 
 SESSION_RE = re.compile(r"^Session([1-5])$")
@@ -72,6 +73,7 @@ class _Turn:
     line: int
 
 
+@ADAPTERS.register("iemocap", "IEMOCAP_full_release (6-erc, 4-erc, 4-ser protocols)")
 def load_iemocap(root: str | Path, *, protocol: str = "6-erc", dev_fraction: float = 0.1, dev_seed: int = 0,
                  dev_dialogues: Sequence[str] | str | None = None,
                  modalities: Sequence[str] = ("text", "audio")) -> Manifest:

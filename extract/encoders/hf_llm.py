@@ -25,6 +25,7 @@ from string import Formatter
 from merc.data_manifests.errors import MercError
 from merc.data_manifests.manifest import Dialogue, Utterance
 
+from . import ENCODER_FAMILIES
 from ._device import OomGuard, check_device, resolve_dtype, to_device
 from ._layers import (
     check_layer_spec,
@@ -232,6 +233,7 @@ class HFLLMEncoder(Encoder):
                 "merc_format": FORMAT_VERSION}
 
 
+@ENCODER_FAMILIES.register("llm", "decoder-only LLMs: dialogue-context prompts, own-token pooling")
 def from_request(req, model_id: str) -> HFLLMEncoder:
     opts = LLMOptions(device=req.device, dtype=req.dtype, prompt_context=req.prompt_context, adapter=req.adapter)
     if req.prompt_template:

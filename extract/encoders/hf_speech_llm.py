@@ -29,7 +29,7 @@ import numpy as np
 from merc.data_manifests.manifest import Utterance
 from merc.extract.media import AudioPolicy, load_audio
 
-from . import audio_tower
+from . import ENCODER_FAMILIES, audio_tower
 from ._device import OomGuard, check_device, resolve_dtype, to_device
 from ._layers import (
     check_layer_spec,
@@ -260,6 +260,7 @@ class HFSpeechLLMEncoder(Encoder):
                 "merc_format": FORMAT_VERSION}
 
 
+@ENCODER_FAMILIES.register("sllm", "speech LLMs (Qwen2-Audio): clip + instruction")
 def from_request(req, model_id: str) -> HFSpeechLLMEncoder:
     opts = SpeechLLMOptions(device=req.device, dtype=req.dtype, audio=req.audio)
     if req.instruction:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ENCODER_FAMILIES
 from ._device import OomGuard, check_device, resolve_dtype, to_device
 from ._layers import (
     check_layer_spec,
@@ -139,3 +140,16 @@ class HFTextEncoder(Encoder):
         return {"family": "hf-text", "model": Path(self.model_id).name, "weights": weights_hash(self.model_id),
                 "pooling": o.pooling, "layers": o.layers, "normalize": o.normalize, "max_length": o.max_length,
                 "dtype": str(torch_dtype(o.dtype, o.device)).replace("torch.", ""), "merc_format": FORMAT_VERSION}
+
+
+@ENCODER_FAMILIES.register("text", "text encoders (BERT/RoBERTa/MPNet/MiniLM...): CLS or mean pooling, any layer")
+def from_request(req, model_id: str, **defaults) -> HFTextEncoder:
+    """The text family's builder; `defaults` are the short name's options (minilm: mean pooling, L2 norm)."""
+    opts = TextOptions(device=req.device, dtype=req.dtype, **defaults)
+    if req.pooling:
+        opts.pooling = req.pooling
+    if req.layers:
+        opts.layers = req.layers
+    if req.batch_budget:
+        opts.batch_tokens = req.batch_budget
+    return HFTextEncoder(req.name, model_id, opts)

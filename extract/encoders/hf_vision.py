@@ -21,6 +21,7 @@ import numpy as np
 from merc.data_manifests.manifest import Utterance
 from merc.extract.media import AudioPolicy, MediaError
 
+from . import ENCODER_FAMILIES
 from ._device import OomGuard, check_device, resolve_dtype, to_device
 from ._layers import check_layer_spec, count_hidden_states, select_layers
 from .base import FORMAT_VERSION, Encoded, Encoder, EncoderError, Prepared, Preparer
@@ -232,6 +233,7 @@ class HFVisionEncoder(Encoder):
         return {**super().info(), "frame_rate_hz": self.opts.fps, "model_id": self.model_id}
 
 
+@ENCODER_FAMILIES.register("vision", "image models over frames sampled from the video")
 def from_request(req, model_id: str) -> HFVisionEncoder:
     opts = VisionOptions(device=req.device, dtype=req.dtype, audio=req.audio)
     if req.fps:

@@ -22,6 +22,7 @@ import numpy as np
 from merc.data_manifests.manifest import Utterance
 from merc.extract.media import AudioPolicy, load_audio
 
+from . import ENCODER_FAMILIES
 from ._device import OomGuard, check_device, resolve_dtype, to_device
 from ._layers import (
     check_layer_spec,
@@ -214,6 +215,7 @@ class WhisperEncoder(Encoder):
         return {**super().info(), "frame_rate_hz": 50, "model_id": self.model_id}
 
 
+@ENCODER_FAMILIES.register("whisper", "Whisper encoders: the frames that cover real audio, > 30 s in chunks")
 def from_request(req, model_id: str) -> WhisperEncoder:
     opts = WhisperOptions(device=req.device, dtype=req.dtype, audio=req.audio)
     if req.pooling:
