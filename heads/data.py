@@ -1,9 +1,16 @@
-"""The stage-2 reader: chosen feature sets of one dataset loaded into memory once, served as dialogue batches.
+"""The stage-2 reader: chosen feature sets of one dataset loaded into memory once, served as padded batches.
 
 Heads train for many epochs over a few tens of MB of cached features, so everything is read from the
 store once (the packed one-read path of `StoreReader.load_pooled`), kept as float16 numpy/torch arrays,
 and each batch is gathered and cast to float32 on the fly. Nothing here imports an encoder or a media
 library: `merc-heads train` must start in about a second.
+
+Batches come in the unit a paper trains in: `unit="dialogue"` (context heads: B dialogues padded to T
+utterances) or `unit="utterance"` (heads without context, e.g. MMoLRE's batches of 8 segments: B utterances,
+T = 1). Either way a head sees the same `Batch` layout.
+
+Besides the label spaces stored with the manifest, MOSI/MOSEI-style classification tasks are derived on load
+from a regression space X (`X_has0`, `X_non0`, `X7`; see `derived_tasks`); they are never stored.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from .models.base import Batch, TaskSpec
 
 NORMALIZE = ("zscore", "none")
 ROLE_ALIASES = {**{r: r for r in ROLES}, **ROLE_OF_MODALITY}  # t / text, a / audio, v / video
+UNITS = ("dialogue", "utterance")  # what one batch element is: a padded dialogue, or one utterance (T = 1)
+MaxFrames = int | None | dict[str, int | None]  # frames kept per utterance: all roles, no cap, or per role
 
 
 class HeadsError(MercError):
@@ -95,21 +104,132 @@ def _role_word(role: str) -> str:
     return MODALITY_OF_ROLE[role]
 
 
+def resolve_max_frames(max_frames: MaxFrames, roles: dict[str, str] | list[str]) -> dict[str, int | None]:
+    """Role -> frames kept per utterance for the loaded `roles`: an int caps every role, None caps none, a dict
+    (keys t/a/v or text/audio/video) caps the roles it names and leaves the others uncapped. 0 means no cap,
+    as `--set max_frames=0` does; roles the dict names that are not loaded are ignored."""
+    def cap(value: object, what: str) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise HeadsError(f"max_frames {what}{value!r} is not a whole number >= 0",
+                             fix="give a whole number of frames (0 or None = every frame), e.g. "
+                                 "max_frames={'t': 64, 'a': 299}")
+        return int(value) or None
+
+    if isinstance(max_frames, dict):
+        per_role: dict[str, int | None] = {}
+        for key, value in max_frames.items():
+            if key not in ROLE_ALIASES:
+                raise HeadsError(f"max_frames names an unknown modality role {key!r}",
+                                 fix="key it by t, a, v (or text, audio, video), e.g. max_frames={'t': 64, 'a': 299}")
+            per_role[ROLE_ALIASES[key]] = cap(value, f"for {key!r} = ")
+        return {r: per_role.get(r) for r in roles}
+    every = cap(max_frames, "= ")
+    return {r: every for r in roles}
+
+
 def resolve_tasks(spaces: dict[str, LabelSpace], names: str | list[str] | None) -> list[TaskSpec]:
-    """TaskSpecs for `--task a,b` (first = primary); None -> the dataset's first label space; "all" -> every one."""
+    """TaskSpecs for `--task a,b` (first = primary); None -> the dataset's first label space; "all" -> every
+    stored one. A name may also be a derived task (`derived_tasks`), which is categorical."""
+    derived = derived_tasks(spaces)
     if names is None:
         chosen = list(spaces)[:1]
     elif names == "all" or names == ["all"]:
-        chosen = list(spaces)
+        chosen = list(spaces)  # stored spaces only: derived tasks are asked for by name
     else:
         chosen = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
     for n in chosen:
-        if n not in spaces:
-            raise HeadsError(f"the dataset has no label space {n!r}",
-                             fix=f"pass --task with one of: {', '.join(spaces)} (comma-separated for several)")
+        if n not in spaces and n not in derived:
+            raise HeadsError(f"the dataset has no label space {n!r}", fix=f"pass --task with {_task_choices(spaces)} "
+                                                                          "(comma-separated for several)")
     if not chosen:
         raise HeadsError("the dataset declares no label spaces", fix="rebuild its manifest with labels")
-    return [TaskSpec(n, spaces[n].kind, tuple(spaces[n].classes)) for n in chosen]
+    out = []
+    for n in chosen:
+        if n in spaces:
+            out.append(TaskSpec(n, spaces[n].kind, tuple(spaces[n].classes)))
+        else:
+            out.append(TaskSpec(n, "categorical", DERIVED_RULES[derived[n][1]].classes))
+    return out
+
+
+def _task_choices(spaces: dict[str, LabelSpace]) -> str:
+    """'one of: a, b; or derived: a_has0, ...' for error messages."""
+    derived = derived_tasks(spaces)
+    text = f"one of: {', '.join(spaces) or '(none stored)'}"
+    return text + (f"; or one derived from a regression space: {', '.join(derived)}" if derived else "")
+
+
+# ---------------------------------------------------------------------------------------------------
+# derived label spaces: MOSI/MOSEI classification tasks read off a regression sentiment
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DerivedRule:
+    """How a categorical task is read off a regression space X: its name is X + `suffix`."""
+
+    suffix: str
+    classes: tuple[str, ...]
+    description: str
+
+
+# MMSA `metricsTop.py` conventions (the same as heads/metrics.py applies to regression predictions), so the
+# accuracy of a classifier trained on X_has0 / X_non0 / X7 is comparable with acc2_has0 / acc2_non0 / acc7.
+DERIVED_RULES: dict[str, DerivedRule] = {
+    "has0": DerivedRule("_has0", ("negative", "non-negative"),
+                        "negative (< 0) vs non-negative (>= 0), every labelled segment (Acc2 Has0)"),
+    "non0": DerivedRule("_non0", ("negative", "positive"),
+                        "negative (< 0) vs positive (> 0); segments labelled exactly 0 are unlabelled (Acc2 Non0)"),
+    "7class": DerivedRule("7", tuple(str(k) for k in range(-3, 4)),
+                          "7 classes -3..3: clip to [-3, 3], then round half to even (np.round), as MMSA (Acc7)"),
+}
+
+
+def derivable(space: LabelSpace) -> bool:
+    """Whether the MOSI/MOSEI rules make sense for a regression space: its declared value range (if any) lies in
+    [-3, 3] and has values on both sides of 0 (MOSI/MOSEI sentiment; not IEMOCAP's 1..5 valence)."""
+    if space.kind != "regression":
+        return False
+    if space.value_range is None:
+        return True  # undeclared range: the rules are defined for any number, the scale is the user's call
+    lo, hi = space.value_range
+    return -3.0 <= lo < 0.0 < hi <= 3.0
+
+
+def derived_tasks(spaces: dict[str, LabelSpace]) -> dict[str, tuple[str, str]]:
+    """Derivable task name -> (source regression space, rule of DERIVED_RULES), e.g.
+    {"sentiment_has0": ("sentiment", "has0"), "sentiment_non0": (..., "non0"), "sentiment7": (..., "7class")}.
+    A stored space of the same name wins (it is not listed here)."""
+    out: dict[str, tuple[str, str]] = {}
+    for source, space in spaces.items():
+        if derivable(space):
+            for rule, r in DERIVED_RULES.items():
+                name = source + r.suffix
+                if name not in spaces:
+                    out[name] = (source, rule)
+    return out
+
+
+def derive_labels(values: np.ndarray, rule: str) -> np.ndarray:
+    """Class indices [N] int64 (-1 = unlabelled) of a derived task from regression values [N] (NaN = unlabelled).
+
+    has0: 0 if x < 0 else 1; non0: 0 if x < 0, 1 if x > 0, -1 if x == 0; 7class: index of
+    np.round(np.clip(x, -3, 3)) in -3..3 (numpy rounds half to even: 0.5 -> 0, -0.5 -> 0, 1.5 -> 2, 2.5 -> 2,
+    -2.5 -> -2; 3.4 -> 3). Clipping first and rounding first agree because the bounds are whole numbers.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    labelled = ~np.isnan(x)
+    if rule == "has0":
+        y = (x >= 0).astype(np.int64)
+    elif rule == "non0":
+        y = (x > 0).astype(np.int64)
+        labelled &= x != 0
+    elif rule == "7class":
+        y = np.round(np.clip(np.nan_to_num(x), -3, 3)).astype(np.int64) + 3
+    else:
+        raise HeadsError(f"unknown derivation rule {rule!r}", fix=f"use one of: {', '.join(DERIVED_RULES)}")
+    return np.where(labelled, y, -1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -146,14 +266,15 @@ class HeadsData:
     dialogue_offsets: np.ndarray  # [n_dialogues + 1]
     dialogue_splits: np.ndarray  # [n_dialogues] object (str)
     frames: dict[str, Frames] = field(default_factory=dict)
-    max_frames: int | None = None
+    max_frames: dict[str, int | None] = field(default_factory=dict)  # role -> frames kept per utterance (None: all)
     normalize: str = "none"  # "zscore": every feature dimension standardised with `stats`
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # role -> (mean [D], std [D])
+    derived: dict[str, tuple[str, str]] = field(default_factory=dict)  # derived task -> (source space, rule)
 
     # -- loading ------------------------------------------------------------------------------------
     @classmethod
     def load(cls, store: str, dataset: str, features: str | list[str] | dict[str, str], *,
-             tasks: str | list[str] | None = None, frames: bool = False, max_frames: int | None = 64,
+             tasks: str | list[str] | None = None, frames: bool = False, max_frames: MaxFrames = 64,
              fingerprints: dict[str, str] | None = None, normalize: str = "zscore",
              stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> HeadsData:
         """Read the chosen feature sets (and, with frames=True, their frame sequences) into memory.
@@ -165,12 +286,21 @@ class HeadsData:
         valid rows (or with `stats`, a saved run's), so that openSMILE functionals (raw values up to ~1e3-1e11)
         and unit-norm sentence embeddings (~0.05) reach a head on one scale. Frames use their role's
         pooled statistics. `normalize="none"` passes the stored values through, as the papers' code does.
+
+        `max_frames` caps the frames/tokens kept per utterance (the first ones): an int caps every role, None
+        keeps all, a dict {role: cap} gives each role its own (MMML: {"t": 64, "a": 299}, i.e. 64 tokens and
+        ~6 s of data2vec frames); a role the dict does not name is not capped. `data.max_frames` records the
+        cap of every loaded role. `tasks` may name derived tasks (`derived_tasks`), computed here.
         """
         if normalize not in NORMALIZE:
             raise HeadsError(f"unknown normalize option {normalize!r}", fix=f"use one of: {', '.join(NORMALIZE)}")
         reader = StoreReader(store)
         roles = resolve_roles(reader, dataset, features)
-        task_specs = resolve_tasks(reader.label_spaces(dataset), tasks)
+        caps = resolve_max_frames(max_frames, roles)
+        spaces = reader.label_spaces(dataset)
+        task_specs = resolve_tasks(spaces, tasks)
+        derivable_names = derived_tasks(spaces)
+        derived = {t.name: derivable_names[t.name] for t in task_specs if t.name not in spaces}
         cols = reader.manifest_columns(dataset)
 
         splits = np.asarray(cols["split"]).astype(object)  # [N], per utterance
@@ -200,6 +330,10 @@ class HeadsData:
 
         labels = {}
         for t in task_specs:
+            if t.name in derived:
+                source, rule = derived[t.name]
+                labels[t.name] = derive_labels(cols[f"label_{source}"], rule)
+                continue
             col = cols[f"label_{t.name}"]
             if t.kind == "categorical":
                 labels[t.name] = col.astype(np.int64)
@@ -214,10 +348,10 @@ class HeadsData:
                    speakers=_speaker_index(np.asarray(cols["speaker"]).astype(object), offsets),
                    utterance_ids=np.asarray(cols["utterance_id"]).astype(object), dialogue_ids=list(dialogue_ids),
                    dialogue_offsets=offsets, dialogue_splits=splits[offsets[:-1]],
-                   max_frames=max_frames, normalize=normalize, stats=role_stats)
+                   max_frames=caps, normalize=normalize, stats=role_stats, derived=derived)
         if frames:
             for role, name in roles.items():
-                data.frames[role] = _load_frames(reader, dataset, name, data.dialogue_ids, offsets, max_frames,
+                data.frames[role] = _load_frames(reader, dataset, name, data.dialogue_ids, offsets, caps[role],
                                                  role_stats.get(role))
         return data
 
@@ -235,9 +369,14 @@ class HeadsData:
         return np.flatnonzero(self.dialogue_splits == split)
 
     def split_rows(self, split: str) -> np.ndarray:
-        """Utterance rows of a split, in manifest order (the order `batches(split)` yields them in)."""
-        dias = self.split_dialogues(split)
-        return _rows_of(self.dialogue_offsets, dias)
+        """Utterance rows [n] of a split, ascending (= manifest order).
+
+        This is the order in which unshuffled `batches(split, ...)` yields the split's real utterances, for
+        either unit: `trainer.predict` concatenates `logits[batch.mask]` over batches and pairs the result with
+        these rows (dialogue unit: mask positions row-major; utterance unit: one utterance per batch row).
+        """
+        in_split = np.repeat(self.dialogue_splits == split, np.diff(self.dialogue_offsets))  # [N] bool
+        return np.flatnonzero(in_split).astype(np.int64)
 
     def select_roles(self, roles: list[str] | tuple[str, ...]) -> HeadsData:
         """The same data restricted to a subset of modality roles (a modality ablation without reloading)."""
@@ -255,58 +394,94 @@ class HeadsData:
                             "stats": {r: st for r, st in self.stats.items() if r in keep}})
 
     # -- batching ------------------------------------------------------------------------------------
-    def batches(self, split: str, batch_size: int, *, shuffle: bool = False,
+    def batches(self, split: str, batch_size: int, *, unit: str = "dialogue", shuffle: bool = False,
                 generator: np.random.Generator | None = None, pin_memory: bool = False) -> Iterator[Batch]:
-        """Dialogue batches of a split; shuffled with `generator` (seeded by the trainer) when asked."""
+        """Batches of a split in the paper's unit; shuffled with `generator` (seeded by the trainer) when asked.
+
+        unit="dialogue": `batch_size` dialogues padded to the longest, [B, T, D] (context heads).
+        unit="utterance": `batch_size` utterances of the split, [B, 1, D] (heads without context; shuffling
+        mixes utterances of all dialogues). Every utterance of the split is served once, labelled or not: the
+        losses and metrics skip unlabelled ones. The last batch holds what is left.
+        Either way shuffling takes one `generator.permutation` per call (per epoch), so a seeded generator
+        gives the same order, and a restored generator continues it.
+        """
+        _check_unit(unit)  # here, not at the first next(): a wrong unit fails where it is asked for
+        rng = (generator or np.random.default_rng()) if shuffle else None
+        if unit == "utterance":
+            return self._utterance_batches(split, batch_size, rng, pin_memory)
+        return self._dialogue_batches(split, batch_size, rng, pin_memory)
+
+    def _dialogue_batches(self, split: str, batch_size: int, rng: np.random.Generator | None,
+                          pin_memory: bool) -> Iterator[Batch]:
         dias = self.split_dialogues(split)
-        if shuffle:
-            dias = dias[(generator or np.random.default_rng()).permutation(len(dias))]
+        if rng is not None:
+            dias = dias[rng.permutation(len(dias))]
         for i in range(0, len(dias), batch_size):
             yield self.batch(dias[i:i + batch_size], pin_memory=pin_memory)
 
-    def n_batches(self, split: str, batch_size: int) -> int:
-        return -(-len(self.split_dialogues(split)) // batch_size)
+    def _utterance_batches(self, split: str, batch_size: int, rng: np.random.Generator | None,
+                           pin_memory: bool) -> Iterator[Batch]:
+        rows = self.split_rows(split)
+        if rng is not None:
+            rows = rows[rng.permutation(len(rows))]
+        for i in range(0, len(rows), batch_size):
+            yield self.utterance_batch(rows[i:i + batch_size], pin_memory=pin_memory)
+
+    def n_batches(self, split: str, batch_size: int, unit: str = "dialogue") -> int:
+        """How many batches `batches(split, batch_size, unit=unit)` yields."""
+        _check_unit(unit)
+        n = len(self.split_rows(split)) if unit == "utterance" else len(self.split_dialogues(split))
+        return -(-n // batch_size)
 
     def batch(self, dialogues: np.ndarray | list[int], pin_memory: bool = False) -> Batch:
         """Pad dialogues to the longest one: feats [B, T, D] float32, labels per task, masks."""
         dialogues = np.asarray(dialogues, dtype=np.int64)
         starts = self.dialogue_offsets[dialogues]
         lengths = self.dialogue_offsets[dialogues + 1] - starts
-        n_dia, max_len = len(dialogues), int(lengths.max()) if len(dialogues) else 0
+        max_len = int(lengths.max()) if len(dialogues) else 0
         steps = np.arange(max_len)
-        mask_np = steps[None, :] < lengths[:, None]  # [B, T]
-        rows_np = (starts[:, None] + steps[None, :])[mask_np]  # [n_real] rows in manifest order
-        mask = torch.from_numpy(mask_np)
-        # one gather per role: pads point at the zero row past the last utterance
-        idx_bt = np.full((n_dia, max_len), self.n_utterances, dtype=np.int64)
-        idx_bt[mask_np] = rows_np
-        idx = torch.from_numpy(idx_bt.reshape(-1))
+        mask_bt = steps[None, :] < lengths[:, None]  # [B, T]
+        rows = (starts[:, None] + steps[None, :])[mask_bt]  # [n_real] rows in manifest order
+        return self._assemble(rows, mask_bt, [self.dialogue_ids[i] for i in dialogues], pin_memory)
 
-        feats, feat_mask = {}, {}
-        for role, x_f16 in self.feats.items():
-            feats[role] = x_f16.index_select(0, idx).view(n_dia, max_len, -1).float()
-            fm = np.zeros((n_dia, max_len), dtype=bool)
-            fm[mask_np] = self.valid[role][rows_np]
-            feat_mask[role] = torch.from_numpy(fm)
+    def utterance_batch(self, rows: np.ndarray | list[int], pin_memory: bool = False) -> Batch:
+        """B utterances as B one-utterance "dialogues": feats [B, 1, D], mask [B, 1] all True, frames
+        [B, 1, L, D]. Speakers keep their dialogue-level index; `dialogue_ids` names each row's dialogue."""
+        rows = np.asarray(rows, dtype=np.int64)
+        dialogue_of_row = np.searchsorted(self.dialogue_offsets, rows, side="right") - 1  # [B]
+        ids = [self.dialogue_ids[d] for d in dialogue_of_row.tolist()]  # names only; the tensors are gathers
+        return self._assemble(rows, np.ones((len(rows), 1), dtype=bool), ids, pin_memory)
 
-        speakers = torch.zeros(n_dia, max_len, dtype=torch.long)
-        speakers[mask] = torch.from_numpy(self.speakers[rows_np])
+    def _assemble(self, rows: np.ndarray, mask_bt: np.ndarray, dialogue_ids: list[str], pin_memory: bool) -> Batch:
+        """A Batch of utterance `rows` [n_real] placed at the True positions of `mask_bt` [B, T] (row-major):
+        one vectorised gather per role and label; pad positions gather the zero row past the last utterance."""
+        n_b, n_t = mask_bt.shape
+        padded = not mask_bt.all()  # utterance batches never are: their tensors are the gathers, reshaped
+        mask = torch.from_numpy(mask_bt)
 
-        labels = {}
-        for t in self.tasks:
-            values = torch.from_numpy(self.labels[t.name][rows_np])
-            if t.kind == "categorical":
-                y = torch.full((n_dia, max_len), -1, dtype=torch.long)
-            elif t.kind == "regression":
-                y = torch.full((n_dia, max_len), float("nan"), dtype=torch.float32)
-            else:
-                y = torch.full((n_dia, max_len, len(t.classes)), -1.0, dtype=torch.float32)
-            y[mask] = values
-            labels[t.name] = y
+        def place(values: torch.Tensor, fill: float) -> torch.Tensor:
+            """[n_real, ...] -> [B, T, ...] with `fill` at pads."""
+            if not padded:
+                return values.reshape(n_b, n_t, *values.shape[1:])
+            out = torch.full((n_b, n_t, *values.shape[1:]), fill, dtype=values.dtype)
+            out[mask] = values
+            return out
 
-        frames = {role: self._frame_batch(f, rows_np, mask_np) for role, f in self.frames.items()}
+        if padded:
+            idx_bt = np.full((n_b, n_t), self.n_utterances, dtype=np.int64)
+            idx_bt[mask_bt] = rows
+            idx = torch.from_numpy(idx_bt.reshape(-1))
+        else:
+            idx = torch.from_numpy(rows)
+        feats = {role: x_f16.index_select(0, idx).view(n_b, n_t, -1).float() for role, x_f16 in self.feats.items()}
+        feat_mask = {role: place(torch.from_numpy(self.valid[role][rows]), False) for role in self.feats}
+        speakers = place(torch.from_numpy(self.speakers[rows]), 0)
+        fills = {"categorical": -1, "regression": float("nan"), "multilabel": -1.0}
+        labels = {t.name: place(torch.from_numpy(self.labels[t.name][rows]), fills[t.kind]) for t in self.tasks}
+
+        frames = {role: self._frame_batch(f, rows, mask_bt) for role, f in self.frames.items()}
         batch = Batch(feats=feats, mask=mask, speakers=speakers, labels=labels, feat_mask=feat_mask,
-                      dialogue_ids=[self.dialogue_ids[i] for i in dialogues], frames=frames)
+                      dialogue_ids=dialogue_ids, frames=frames)
         return _pin(batch) if pin_memory else batch
 
     def _frame_batch(self, f: Frames, rows: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,10 +516,9 @@ def _compact(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16) if finite_abs_max(x) < 6e4 else x
 
 
-def _rows_of(dialogue_offsets: np.ndarray, dialogues: np.ndarray) -> np.ndarray:
-    if len(dialogues) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate([np.arange(dialogue_offsets[d], dialogue_offsets[d + 1]) for d in dialogues])
+def _check_unit(unit: str) -> None:
+    if unit not in UNITS:
+        raise HeadsError(f"unknown batch unit {unit!r}", fix=f"use one of: {', '.join(UNITS)}")
 
 
 def _speaker_index(speakers: np.ndarray, dialogue_offsets: np.ndarray) -> np.ndarray:

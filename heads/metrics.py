@@ -10,11 +10,13 @@ Names used in metrics.json:
   gold; the "UA" of speech emotion papers); `per_class` {class: precision, recall, f1, support};
   `confusion_matrix` (rows = gold, columns = predicted, in label-space order). Undefined ratios are 0
   (sklearn zero_division=0).
+- categorical metrics also score the classification tasks derived from a regression sentiment X (`X_has0`,
+  `X_non0`, `X7`, heads/data.py `derived_tasks`), whose classes follow the regression rules below.
 - regression (MOSI/MOSEI sentiment in [-3, 3], MMSA `metricsTop.py` conventions):
   `acc2_has0` / `f1_has0` (negative < 0 vs non-negative >= 0, all segments; F1 weighted over the two
   classes), `acc2_non0` / `f1_non0` (negative < 0 vs positive > 0 on segments whose gold is non-zero;
   a prediction of exactly 0 counts as negative), `acc5` / `acc7` (clip to [-2, 2] / [-3, 3], round with
-  numpy's half-to-even rounding, compare), `mae`, `pearson`.
+  numpy's half-to-even rounding, compare), `mae`, `pearson`; `n_non0` counts the non-zero gold segments.
 - multilabel (MOSEI emotions, "present" = 1): `per_class` {emotion: accuracy, weighted_f1} of the binary
   present/absent decision, `avg_accuracy`, `avg_weighted_f1` (unweighted means over emotions).
 """
@@ -76,8 +78,8 @@ def regression_metrics(gold: np.ndarray, pred: np.ndarray) -> dict:
     gold, pred = np.asarray(gold, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     n = len(gold)
     if n == 0:
-        return {"n": 0, **{k: float("nan") for k in ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5",
-                                                      "acc7", "mae", "pearson")}}
+        return {"n": 0, "n_non0": 0, **{k: float("nan") for k in ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0",
+                                                                   "acc5", "acc7", "mae", "pearson")}}
     acc2_has0, f1_has0 = _binary(gold >= 0, pred >= 0)
     non0 = gold != 0
     acc2_non0, f1_non0 = _binary(gold[non0] > 0, pred[non0] > 0) if non0.any() else (float("nan"),) * 2

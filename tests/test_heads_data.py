@@ -199,3 +199,24 @@ def test_frames_standardised_with_the_pooled_train_stats():
     expected = (frames[:n0].astype(np.float32) - mean) / std
     np.testing.assert_allclose(x[0, 0, :n0].numpy(), expected, rtol=1e-3, atol=1e-3)  # float16 in memory
     assert data.frames["t"].data.dtype == torch.float16
+
+
+def test_max_frames_per_role():
+    path, names = shared_store("planted")  # 2..4 frames per utterance
+    features = ",".join(f"{r}={n}" for r, n in names.items())
+    data = HeadsData.load(path, "synth", features, frames=True, max_frames={"t": 2, "audio": 3})
+    assert data.max_frames == {"t": 2, "a": 3, "v": None}  # a role the dict does not name keeps every frame
+    reader = StoreReader(path)
+    for role, cap in (("t", 2), ("a", 3), ("v", 4)):
+        stored = np.concatenate([np.diff(reader.load_frames("synth", names[role], d)[1]) for d in data.dialogue_ids])
+        assert stored.max() == 4  # so that each cap below 4 really cuts
+        assert np.array_equal(np.diff(data.frames[role].offsets), np.minimum(stored, cap))
+    b = data.batch([0, 1, 2])
+    assert b.frames["t"][0].shape[2] == 2 and b.frames["a"][0].shape[2] == 3 and b.frames["v"][0].shape[2] == 4
+    assert HeadsData.load(path, "synth", features, max_frames=5).max_frames == {"t": 5, "a": 5, "v": 5}
+    assert HeadsData.load(path, "synth", features, max_frames=None).max_frames == {"t": None, "a": None, "v": None}
+    assert HeadsData.load(path, "synth", features, max_frames={"t": 0}).max_frames == {"t": None, "a": None, "v": None}
+    for bad, needle in (({"x": 3}, "unknown modality role 'x'"), ({"t": -1}, "not a whole number"),
+                        (True, "not a whole number"), ("64", "not a whole number")):
+        with pytest.raises(HeadsError, match=needle):
+            HeadsData.load(path, "synth", features, frames=True, max_frames=bad)

@@ -9,6 +9,8 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, p
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from merc.heads.metrics import (
+    HIGHER_IS_BETTER,
+    PRIMARY,
     categorical_metrics,
     is_better,
     multilabel_metrics,
@@ -122,6 +124,22 @@ def test_regression_matches_mmsa_reference(seed):
 def test_regression_constant_prediction_gives_nan_pearson():
     m = regression_metrics(np.array([1.0, -1.0, 2.0]), np.zeros(3))
     assert np.isnan(m["pearson"]) and m["mae"] == pytest.approx(4 / 3)
+
+
+REGRESSION_NAMES = {"n", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "n_non0", "acc5", "acc7", "mae", "pearson"}
+CATEGORICAL_NAMES = {"n", "accuracy", "weighted_f1", "macro_f1", "balanced_accuracy", "per_class", "confusion_matrix"}
+
+
+def test_metric_names_are_the_documented_ones_even_when_empty():
+    """metrics.json, --set monitor= and the derived sentiment tasks (X_has0, X_non0, X7) rely on these names."""
+    gold = np.array([-1.2, 0.0, 0.4, 2.6])
+    assert set(regression_metrics(gold, gold + 0.1)) == REGRESSION_NAMES
+    empty = regression_metrics(np.zeros(0), np.zeros(0))
+    assert set(empty) == REGRESSION_NAMES and empty["n"] == 0 and empty["n_non0"] == 0
+    assert set(categorical_metrics(np.array([0, 1]), np.array([1, 1]), ("negative", "non-negative"))) == \
+        CATEGORICAL_NAMES
+    assert all(HIGHER_IS_BETTER[k] for k in REGRESSION_NAMES - {"n", "n_non0", "mae"}) and not HIGHER_IS_BETTER["mae"]
+    assert PRIMARY["categorical"] == ("weighted_f1", True) and PRIMARY["regression"] == ("mae", False)
 
 
 # -- multilabel --------------------------------------------------------------------------------------
