@@ -1,11 +1,13 @@
 """`merc-heads`: train context/fusion heads on cached features, evaluate and predict from saved runs.
 
-    merc-heads train --head mister-e --store cache.zarr --dataset meld --features minilm,egemaps
-    merc-heads train --head ada2i --store cache.zarr --dataset iemocap --features t=minilm,a=egemaps,v=clip --set modulation=false
+    merc-heads train --head mister-e --store cache.zarr --dataset meld --features minilm,egemaps   # preset mister-e/meld
+    merc-heads train --head ada2i --store cache.zarr --dataset iemocap --features t=minilm,a=egemaps,v=clip \
+        --set head.modulation=false --set optim.lr=1e-4
+    merc-heads train --config runs/<run>/config.json   # repeat a run from its resolved config tree
     merc-heads train --resume runs/<run>        # continue an interrupted run (Ctrl-C prints this command)
     merc-heads eval runs/<run> --split test
     merc-heads predict runs/<run> --out predictions.csv
-    merc-heads list
+    merc-heads list [--presets]
 
 Imports stay inside the commands: nothing heavier than typer loads before a command runs, and no
 encoder, transformers or media library loads at all.
@@ -48,7 +50,8 @@ def _parse_sets(items: list[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise HeadsError(f"--set {item!r} is not key=value", fix="write it as --set key=value, e.g. --set lr=3e-4")
+            raise HeadsError(f"--set {item!r} is not key=value",
+                             fix="write it as --set namespace.key=value, e.g. --set optim.lr=3e-4")
         key, value = item.split("=", 1)
         out[key.strip().replace("-", "_")] = value.strip()
     return out
@@ -60,29 +63,33 @@ def _parse_sets(items: list[str] | None) -> dict[str, str]:
 _REQUEST_OPTIONS = {"head": "--head", "store": "--store", "dataset": "--dataset", "features": "--features",
                     "task": "--task", "set_": "--set", "seed": "--seed", "precision": "--precision",
                     "epochs": "--epochs", "batch_size": "--batch-size", "out": "--out", "device": "--device",
-                    "name": "--name"}
+                    "name": "--name", "config": "--config", "preset": "--preset"}
 
 
 @app.command()
 def train(
     ctx: typer.Context,
-    head: Annotated[str | None, typer.Option(help="Head name (see `merc-heads list`). Required unless --resume.")] = None,
-    store: Annotated[Path | None, typer.Option(help="Zarr feature store written by merc-extract. Required unless --resume.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset name inside the store (meld, iemocap, mosi, mosei, ...). Required unless --resume.")] = None,
-    features: Annotated[str | None, typer.Option(help="Feature sets: 'minilm,egemaps' (roles from their modality) or 't=minilm,a=egemaps,v=clip'. Required unless --resume.")] = None,
-    task: Annotated[str | None, typer.Option(help="Label space(s) to predict, comma-separated, first = primary; 'all' for every one [default: the dataset's first].")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a head option, optimiser key (lr, weight_decay, optimizer, scheduler, grad_clip...) or trainer key (patience, monitor, eval_batch_size, max_frames). Repeatable.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed: a CPU run with the same seed repeats exactly.")] = 0,
-    precision: Annotated[str, typer.Option(help="auto (bf16 where the hardware runs it natively), fp32, bf16, fp16 (CUDA only).")] = "auto",
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per training stage, >= 1 [default: the head's, else 50].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Dialogues per batch, >= 1 [default: the head's, else 16].")] = None,
+    head: Annotated[str | None, typer.Option(help="Head name (see `merc-heads list`). Required unless --config or --resume.")] = None,
+    store: Annotated[Path | None, typer.Option(help="Zarr feature store written by merc-extract (data.store).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name inside the store: meld, iemocap, mosi, mosei, ... (data.dataset). Picks the head's preset for it.")] = None,
+    features: Annotated[str | None, typer.Option(help="Feature sets: 'minilm,egemaps' (roles from their modality) or 't=minilm,a=egemaps,v=clip' (data.features).")] = None,
+    task: Annotated[str | None, typer.Option(help="Label space(s) to predict, comma-separated, first = primary; 'all' for every one; derived X_has0, X_non0, X7 of a regression space X (data.tasks) [default: the preset's, the head's, else the dataset's first].")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Set a key of the config tree: head.<option> (merc-heads list), optim.lr/weight_decay/name/betas/eps/grad_clip/scheduler/plateau_factor/plateau_patience, train.epochs/batch_size/batch_unit/patience/monitor/precision/eval_batch_size/seed/device, data.normalize/tasks/max_frames (data.max_frames.a=300). Repeatable; wins over everything else.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (train.seed): a CPU run with the same seed repeats exactly [default: 0].")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto (bf16 where the hardware runs it natively), fp32, bf16, fp16 (CUDA only) (train.precision) [default: auto].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per training stage, >= 1 (train.epochs) [default: the preset's or the head's].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Dialogues (or utterances, for utterance-level heads) per batch, >= 1 (train.batch_size) [default: the preset's or the head's].")] = None,
     out: Annotated[Path, typer.Option(help="Folder that receives the run directory.")] = Path("runs"),
-    device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1 ...")] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1 ... (train.device) [default: auto].")] = None,
     name: Annotated[str | None, typer.Option(help="Run directory name [default: head-dataset-features-seed-time].")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run directory (runs/<run>) from its last completed epoch, with the options it was started with; it ends with the weights an uninterrupted run would have.")] = None,
+    config: Annotated[Path | None, typer.Option(help="A config tree to start from: a run's config.json (repeats that run) or a YAML/JSON file with head/optim/train/data sections. Options and --set win over it.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Preset to apply (merc-heads list --presets), or 'none' [default: <head>/<dataset> when it exists].")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run directory (runs/<run>) from its last completed epoch, with the config it was started with; it ends with the weights an uninterrupted run would have.")] = None,
 ) -> None:
     """Train a head; the best-dev checkpoint, metrics, predictions and log go to a new run directory.
 
+    Values come from, later ones winning: the config dataclasses' defaults, the head's declared defaults (its
+    paper's optimiser and schedule), the preset, the --config file, the options above, then --set.
     Ctrl-C stops cleanly (exit 130) and prints the command that resumes the run.
     """
     console = _console()
@@ -101,19 +108,16 @@ def train(
             except KeyboardInterrupt as e:
                 _interrupted(console, e, resume)
             return
-        missing = [flag for flag, v in (("--head", head), ("--store", store), ("--dataset", dataset),
-                                        ("--features", features)) if v is None]
-        if missing:
-            raise HeadsError(f"missing option{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
-                             fix="pass --head, --store, --dataset and --features (merc-heads train --help), or "
-                                 "--resume runs/<run> to continue a run")
-        from merc.heads.runs import RunRequest, train_run
+        from merc.heads.runs import RunRequest, resolve_request, train_run
 
-        req = RunRequest(head=head, store=str(store), dataset=dataset, features=features, tasks=task,
-                         overrides=_parse_sets(set_), seed=seed, precision=precision, epochs=epochs,
-                         batch_size=batch_size, out=str(out), device=device, name=name)
+        req = RunRequest(head=head, store=str(store) if store is not None else None, dataset=dataset,
+                         features=features, tasks=task, overrides=_parse_sets(set_), seed=seed, precision=precision,
+                         epochs=epochs, batch_size=batch_size, device=device, preset=preset, config=config,
+                         out=str(out), name=name)
+        tree = resolve_request(req)  # every value parsed and checked before anything loads
+        _print_start(console, tree)
         with _Progress(console) as progress:
-            result = train_run(req, callbacks=[progress])
+            result = train_run(req, callbacks=[progress], config=tree)
     except KeyboardInterrupt as e:
         _interrupted(console, e)
         return
@@ -121,6 +125,16 @@ def train(
         _fail(e)
         return
     _print_summary(console, result)
+
+
+def _print_start(console, tree) -> None:
+    """One line before training: the preset (name@version) and the schedule it resolved to."""
+    from rich.markup import escape
+
+    t, o = tree.train, tree.optim
+    what = f"preset {tree.preset}" if tree.preset else "no preset (head defaults)"
+    console.print(escape(f"{tree.head_name} on {tree.data.dataset}: {what}; {t.epochs} epochs, batch {t.batch_size} "
+                         f"{t.batch_unit}s, patience {t.patience}, {o.name} lr {o.lr:g}"))
 
 
 def _resume(console, run: Path) -> None:
@@ -232,8 +246,18 @@ def _print_summary(console, result) -> None:
     split = "test" if "test" in result.metrics else list(result.metrics)[-1]
     chosen = (f"best dev {fit.monitor} {best['value']:.4f} at epoch {best['epoch'] + 1}"
               if best["value"] is not None else "no dev split: last epoch kept")
+    features = ""
+    if result.config is not None:  # frozen-feature honesty: which encoders the cached features came from
+        roles = result.config.data.features if isinstance(result.config.data.features, dict) else {}
+        features = "  features " + ", ".join(f"{r}={fs} ({result.encoders.get(r, '?')})" for r, fs in roles.items())
     console.print(f"[bold]{split}[/] {_summary_line(result.metrics[split], kinds)}  ({chosen}, {fit.precision}, "
-                  f"{fit.seconds:.1f}s)  run: {result.run_dir}")
+                  f"{fit.seconds:.1f}s){_escape(features)}  run: {result.run_dir}")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _kind_of(m: dict) -> str:
@@ -335,21 +359,29 @@ def predict(
 
 
 @app.command("list")
-def list_heads() -> None:
+def list_heads(
+    presets: Annotated[bool, typer.Option("--presets", help="List the presets instead: name@version, description, "
+                                                             "every value with its source.")] = False,
+) -> None:
     """Heads, what they need (feature levels, modality roles, context) and their options with defaults."""
+    console = _console()
+    if presets:
+        _list_presets(console)  # YAML files only: no torch, no head module
+        return
     import dataclasses
 
     from rich.markup import escape
 
     from merc.heads.registry import available_heads, head_class
 
-    console = _console()
     for name in available_heads():
         try:
             cls = head_class(name)
         except (ImportError, KeyError) as e:
             console.print(f"[bold]{name}[/]  [dim]not available here ({escape(str(e))})[/]\n")
             continue
+        from merc.heads.config import head_defaults, show
+
         required = ",".join(cls.required_roles) or "none"
         optional = ",".join(r for r in cls.optional_roles if r not in cls.required_roles) or "none"
         context = "dialogue context" if cls.uses_context else "utterance only"
@@ -358,13 +390,35 @@ def list_heads() -> None:
                       f"{context}")
         if dataclasses.is_dataclass(cls.config_cls):
             opts = " ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(cls.config_cls))
-            console.print(f"  options: {escape(opts)}")
+            console.print(f"  options (head.*): {escape(opts)}")
+        defaults = " ".join(f"{k}={show(v)}" for k, v in head_defaults(cls).items())
+        console.print(f"  defaults: {escape(defaults)}")
         console.print()
     console.print("Roles: t = text, a = audio, v = video. `--features minilm,egemaps` gives each set the role of its "
                   "recorded modality; `--features t=minilm,a=egemaps` names them.\n"
-                  "Also settable with --set: optimiser lr, weight_decay, optimizer (adamw|adam), betas, eps, "
-                  "grad_clip, scheduler (plateau|none); trainer patience, monitor, eval_batch_size, max_frames, "
-                  "normalize (zscore = standardise with train-split statistics, the default | none = raw values).")
+                  "--set takes any key of the config tree: head.<option> as above; optim.name (adamw|adam), lr, "
+                  "weight_decay, betas, eps, grad_clip, scheduler (none|plateau), plateau_factor, plateau_patience; "
+                  "train.epochs, batch_size, batch_unit (dialogue|utterance), patience, monitor, precision, "
+                  "eval_batch_size, seed, device; data.normalize (zscore|none), tasks, max_frames (per role: "
+                  "data.max_frames.a=300). Presets: merc-heads list --presets.")
+
+
+def _list_presets(console) -> None:
+    from rich.markup import escape
+
+    from merc.heads.config import show
+    from merc.heads.presets import load_preset, preset_names
+
+    for name in preset_names():
+        p = load_preset(name)
+        where = f"dataset {p.dataset}" if p.dataset else "any dataset"
+        extends = f"; extends {', '.join(p.extends)}" if p.extends else ""
+        console.print(f"[bold]{escape(p.ref)}[/]  ({where}{escape(extends)})  {escape(p.description)}")
+        for key, value in p.values.items():
+            console.print(f"  {escape(key)} = {escape(show(value))}  [dim]{escape(p.sources[key])}[/]")
+        console.print()
+    console.print("A preset named <head>/<dataset> is applied when --dataset names that dataset (--preset none turns "
+                  "it off); --preset <name> picks another. Options and --set win over its values.")
 
 
 def _default(f) -> str:

@@ -5,7 +5,6 @@ The registry imports the model modules lazily, so `merc-heads list` and training
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from typing import Any
 
@@ -42,42 +41,13 @@ def available_heads() -> list[str]:
 
 
 def make_config(name: str, overrides: dict[str, Any] | None = None):
-    """The head's config dataclass with `--set key=value` overrides applied (values parsed to field types)."""
-    cls = head_class(name).config_cls
-    cfg = cls()
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key, raw in (overrides or {}).items():
-        if key not in fields:
-            raise KeyError(f"head {name!r} has no option {key!r}; options: {', '.join(sorted(fields))}")
-        current = getattr(cfg, key)
-        setattr(cfg, key, _coerce(raw, current))
-    return cfg
+    """The head's config dataclass with `key=value` overrides applied, each parsed to its field's type by the one
+    parser of heads/config.py. Unknown keys and unparseable values are HeadsErrors that say what is valid."""
+    from .config import Setting, default_settings, resolve
 
-
-def _coerce(raw: Any, current: Any) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    if isinstance(current, bool):
-        if raw.lower() in {"1", "true", "yes", "on"}:
-            return True
-        if raw.lower() in {"0", "false", "no", "off"}:
-            return False
-        raise ValueError(f"expected true/false, got {raw!r}")
-    if isinstance(current, int):
-        return int(raw)
-    if isinstance(current, float):
-        return float(raw)
-    if isinstance(current, tuple):
-        parts = [p for p in raw.replace(";", ",").split(",") if p]
-        kind = type(current[0]) if current else str
-        return tuple(kind(p) for p in parts)
-    if current is None:
-        for cast in (int, float):
-            try:
-                return cast(raw)
-            except ValueError:
-                pass
-    return raw
+    cls = head_class(name)
+    settings = [Setting(f"head.{k}", v, f"head.{k}={v}") for k, v in (overrides or {}).items()]
+    return resolve(name, cls.config_cls, default_settings(cls) + settings).head
 
 
 def build_head(name: str, dims: dict[str, int], tasks: list[TaskSpec], overrides: dict[str, Any] | None = None) -> Head:

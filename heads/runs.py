@@ -3,9 +3,10 @@
     runs/<head>-<dataset>-<features>-s<seed>-<time>/
       run.json            status: running | complete | interrupted | failed, epoch reached, the error of a
                           failed run, timestamps, the SHA-256 of model.safetensors recorded at every save
-      config.json         everything resolved: the request as given (what `--resume` re-runs), head + config
-                          values, store, dataset, features and their fingerprints, tasks, seed, precision,
-                          optimiser, versions
+      config.json         the resolved config tree (head, optim, train, data: heads/config.py), which
+                          `merc-heads train --config` repeats and `--resume` continues; the preset applied
+                          (name@version) and where every non-default value came from; what it resolved to:
+                          features, the encoders they came from, fingerprints, tasks, precision, versions
       head_config.json    what rebuilds the head without the store: name, config, input dims, tasks
       model.safetensors   the best-dev weights, rewritten at every dev improvement while training
       resume.safetensors  while training: the state after the last completed epoch (heads/checkpoint.py)
@@ -28,7 +29,6 @@ import contextlib
 import csv
 import dataclasses
 import json
-import math
 import os
 import platform
 import shlex
@@ -43,6 +43,7 @@ import torch
 
 from merc.extract.store import FRAMES, StoreReader, normalize_levels
 
+from . import presets
 from .checkpoint import (
     MODEL_FILE,
     RESUME_FILE,
@@ -62,65 +63,71 @@ from .checkpoint import (
     sha256_file,
     sigint_deferred,
 )
+from .config import (
+    FLAGS,
+    LEGACY_HEAD_FIELDS,
+    NAMESPACES,
+    RunConfig,
+    Setting,
+    default_settings,
+    resolve,
+    show,
+    tree_settings,
+)
 from .data import HeadsData, HeadsError, resolve_roles
 from .models.base import Head, TaskSpec
 from .registry import available_heads, head_class, make_config
 from .trainer import (
-    OPTIM_KEYS,
     Callback,
     FitResult,
     TaskPredictions,
     TrainConfig,
     Trainer,
-    check_settings,
-    override_problems,
     predict,
     resolve_device,
     seed_everything,
-    train_config_problems,
 )
 
-RUN_FORMAT = 2  # 2: run.json, resumable training, the request in config.json
+RUN_FORMAT = 3  # 3: config.json holds the config tree (head/optim/train/data); 2: the request and flat keys
 SPLITS = ("train", "dev", "test")
-# --set keys for the trainer itself (besides the optimiser keys and the head's config fields).
-TRAINER_KEYS = ("patience", "eval_batch_size", "monitor", "max_frames", "normalize")
-# optional entries of head.optimizer_config() that set the trainer's defaults (a paper's batch size, epochs)
-SCHEDULE_KEYS = ("epochs", "batch_size", "patience")
-# the RunRequest fields config.json records, so that `--resume` repeats the request exactly
-REQUEST_FIELDS = ("head", "store", "dataset", "features", "tasks", "overrides", "seed", "precision", "epochs",
-                  "batch_size", "device", "out", "name")
 
 
 @dataclass
 class RunRequest:
-    """What `merc-heads train` was asked for (None = the head's or the trainer's default)."""
+    """What `merc-heads train` was asked for. None = not given: the value then comes from the `--config` file,
+    the preset, the head class's defaults or the config dataclasses, in that order (heads/config.py)."""
 
-    head: str
-    store: str
-    dataset: str
-    features: str | dict[str, str]
+    head: str | None = None
+    store: str | None = None
+    dataset: str | None = None
+    features: str | dict[str, str] | None = None
     tasks: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    precision: str = "auto"
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set key=value, in order
+    seed: int | None = None
+    precision: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
+    device: str | None = None
+    preset: str | None = None  # a preset name, "none", or None: the head's preset for the dataset, if any
+    config: str | Path | dict | None = None  # --config: a config.json (or YAML) tree, or the tree itself
     out: str = "runs"
-    device: str = "auto"
     name: str | None = None
 
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in REQUEST_FIELDS}
-        d["store"] = str(Path(self.store).resolve())  # a resume may start in another working directory
-        d["overrides"] = {k: v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
-                          for k, v in self.overrides.items()}
-        if isinstance(d["tasks"], (list, tuple)):
-            d["tasks"] = ",".join(d["tasks"])
-        return d
+    def explicit(self) -> list[Setting]:
+        """The command-line options given, as settings of the tree (they win over the file and the preset)."""
+        out = []
+        for key, value in (("data.store", self.store), ("data.dataset", self.dataset),
+                           ("data.features", self.features), ("data.tasks", self.tasks), ("train.seed", self.seed),
+                           ("train.precision", self.precision), ("train.epochs", self.epochs),
+                           ("train.batch_size", self.batch_size), ("train.device", self.device)):
+            if value is not None:
+                if key == "data.store":
+                    value = str(Path(value).resolve())  # a repeat or resume may start in another directory
+                out.append(Setting(key, value, f"{FLAGS[key]} {show(value)}"))
+        return out
 
-    @classmethod
-    def from_dict(cls, d: dict) -> RunRequest:
-        return cls(**{k: d[k] for k in REQUEST_FIELDS if k in d})
+    def sets(self) -> list[Setting]:
+        return [Setting(k, v, f"--set {k}={show(v)}") for k, v in self.overrides.items()]
 
 
 @dataclass
@@ -129,6 +136,8 @@ class RunResult:
     metrics: dict  # split -> task -> metrics
     fit: FitResult
     resumed_from: int | None = None  # epochs already done when a resumed run continued
+    config: RunConfig | None = None  # the resolved tree the run trained with
+    encoders: dict[str, str] = field(default_factory=dict)  # role -> encoder the cached features came from
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -162,43 +171,68 @@ def head_cls_or_error(name: str) -> type[Head]:
                          fix="its module is missing or broken; pick another head (merc-heads list)") from None
 
 
-def split_overrides(head: str, overrides: dict[str, Any]) -> tuple[dict, dict, dict]:
-    """--set key=value -> (head config, optimiser, trainer) overrides. The head's own fields win."""
+def resolve_request(req: RunRequest) -> RunConfig:
+    """The config tree of a request: dataclass defaults < head class defaults < preset < --config file <
+    explicit options < --set (heads/config.py). Every value is parsed and checked here, before anything loads."""
+    file_head, file_settings, file_preset = None, [], _NO_PRESET_KEY
+    if req.config is not None:
+        tree, where = _config_tree(req.config)
+        file_head, file_settings = tree_settings(tree, where)
+        file_preset = tree.get("preset", _NO_PRESET_KEY)
+    head = req.head or file_head
+    explicit, sets = req.explicit(), req.sets()
+    given = {s.key for s in explicit + sets + file_settings} | {"data." + s.key for s in sets if "." not in s.key}
+    missing = [flag for key, flag in (("data.store", "--store"), ("data.dataset", "--dataset"),
+                                      ("data.features", "--features")) if key not in given]
+    if head is None or missing:
+        missing = ["--head"] * (head is None) + missing
+        raise HeadsError(f"missing option{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+                         fix="pass --head, --store, --dataset and --features (merc-heads train --help), "
+                             "--config runs/<run>/config.json to repeat a run, or --resume runs/<run> to continue one")
+    if req.head and file_head and req.head != file_head:
+        raise HeadsError(f"--head {req.head} differs from the head of the --config file ({file_head})",
+                         fix="drop --head to repeat the file's run, or write a config for the other head")
     cls = head_cls_or_error(head)
-    fields = {f.name for f in dataclasses.fields(cls.config_cls)} if dataclasses.is_dataclass(cls.config_cls) else set()
-    head_over, optim_over, trainer_over = {}, {}, {}
-    for key, value in overrides.items():
-        if key in fields:
-            head_over[key] = value
-        elif key in OPTIM_KEYS:
-            optim_over[key] = _parse_value(value)
-        elif key in TRAINER_KEYS:
-            trainer_over[key] = _parse_value(value)
+    dataset = next((str(s.value) for s in reversed(file_settings + explicit + sets)
+                    if s.key in ("data.dataset", "dataset")), "")
+    wanted = req.preset
+    if wanted is None and file_preset is not _NO_PRESET_KEY:  # the file's preset, below the file's own values
+        wanted = str(file_preset).split("@")[0] if file_preset else presets.NONE
+    preset = presets.choose(head, dataset, wanted)
+    preset_settings = [Setting(k, v, f"preset {preset.ref}: {k}={show(v)}") for k, v in preset.values.items()] \
+        if preset is not None else []
+    layers = default_settings(cls) + preset_settings + file_settings + explicit + sets
+    return resolve(head, cls.config_cls, layers, preset=preset.ref if preset is not None else None)
+
+
+_NO_PRESET_KEY = object()
+
+
+def _config_tree(source: str | Path | dict) -> tuple[dict, str]:
+    """A --config file (JSON, or YAML for .yaml/.yml) or an already read tree, and how messages name it."""
+    if isinstance(source, dict):
+        return source, "--config"
+    path = Path(source)
+    if path.is_dir():
+        path = path / "config.json"
+    where = f"--config {path}"
+    if not path.is_file():
+        raise HeadsError(f"{where}: no such file", fix="pass a config.json of a run (runs/<run>/config.json) or a "
+                                                       "YAML file with head/optim/train/data sections")
+    try:
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            tree = yaml.safe_load(text)
         else:
-            raise HeadsError(
-                f"head {head!r} has no option {key!r}",
-                fix=f"head options: {', '.join(sorted(fields)) or 'none'}; optimiser: {', '.join(OPTIM_KEYS)}; "
-                    f"trainer: {', '.join(TRAINER_KEYS)}")
-    return head_over, optim_over, trainer_over
-
-
-def _parse_value(raw: Any) -> Any:
-    """A --set string as int, float, bool, None, a comma tuple of numbers, or the string itself."""
-    if not isinstance(raw, str):
-        return raw
-    low = raw.strip().lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    if "," in raw:
-        return tuple(_parse_value(p) for p in raw.split(",") if p)
-    return raw
+            tree = json.loads(text)
+    except Exception as e:  # OSError, JSON and YAML errors alike: the file is not a tree
+        raise HeadsError(f"{where} cannot be read ({type(e).__name__}: {e})",
+                         fix="pass a config.json written by merc-heads train, or valid YAML") from None
+    if not isinstance(tree, dict):
+        raise HeadsError(f"{where} holds no mapping", fix="write head/optim/train/data sections")
+    return tree, where
 
 
 def check_roles(cls: type[Head], roles: dict[str, str]) -> None:
@@ -219,8 +253,9 @@ def check_roles(cls: type[Head], roles: dict[str, str]) -> None:
                          fix=f"drop them from --features; it uses {', '.join(sorted(allowed, key='tav'.index))}")
 
 
-def _new_run_dir(out: str, req: RunRequest, roles: dict[str, str]) -> Path:
-    base = req.name or f"{req.head}-{req.dataset}-{'+'.join(roles.values())}-s{req.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+def _new_run_dir(out: str, name: str | None, cfg: RunConfig, roles: dict[str, str]) -> Path:
+    base = name or (f"{cfg.head_name}-{cfg.data.dataset}-{'+'.join(roles.values())}-s{cfg.train.seed}-"
+                    f"{time.strftime('%Y%m%d-%H%M%S')}")
     path = Path(out) / base
     k = 1
     while path.exists():
@@ -248,115 +283,82 @@ def versions() -> dict[str, str]:
 
 @dataclass
 class _Prepared:
-    """A request resolved into data, a head and a trainer: everything before the run directory exists."""
+    """A config tree resolved into data, a head and a trainer: everything before the run directory exists."""
 
-    req: RunRequest
+    config: RunConfig
     cls: type[Head]
-    cfg: Any  # the head's config dataclass
     data: HeadsData
     head: Head
     trainer: Trainer
-    max_frames: int | None
-    normalize: str
+    encoders: dict[str, str]  # role -> the encoder its features came from (the store's feature-set record)
 
 
-def check_request(req: RunRequest, trainer_over: dict | None = None, optim_over: dict | None = None) -> None:
-    """The numbers of a request that need no data (--epochs, --batch-size, --seed, --set patience=..., lr=...),
-    checked before anything loads; the Trainer checks the resolved settings again, head defaults included."""
-    trainer_over = trainer_over or {}
-    probe = TrainConfig(epochs=1 if req.epochs is None else req.epochs,
-                        batch_size=1 if req.batch_size is None else req.batch_size, seed=req.seed,
-                        patience=_whole_or_raw(trainer_over.get("patience", 1)),
-                        eval_batch_size=_whole_or_raw(trainer_over.get("eval_batch_size", 1)))
-    problems = train_config_problems(probe) + override_problems(optim_over or {})
-    max_frames = trainer_over.get("max_frames")
-    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0):
-        problems.append((f"--set max_frames={max_frames}", "max_frames must be a whole number >= 0 (0 or none = every "
-                                                           "frame)"))
-    check_settings(problems)
-
-
-def _whole_or_raw(value: Any) -> Any:
-    """A --set value as an int when it is a whole number (the trainer's checks report anything else)."""
-    if isinstance(value, float) and math.isfinite(value) and value == int(value):
-        return int(value)
-    return value
-
-
-def _prepare(req: RunRequest, callbacks: list[Callback] | None, *, fingerprints: dict | None = None,
+def _prepare(config: RunConfig, callbacks: list[Callback] | None, *, fingerprints: dict | None = None,
              stats: dict | None = None) -> _Prepared:
-    cls = head_cls_or_error(req.head)
-    head_over, optim_over, trainer_over = split_overrides(req.head, req.overrides)
-    cfg = _make_config(req.head, head_over)
-    # optimiser keys a head keeps among its own options (lr, weight_decay...) are checked with the others
-    check_request(req, trainer_over, {**{k: getattr(cfg, k) for k in head_over if k in OPTIM_KEYS}, **optim_over})
-    max_frames = trainer_over.get("max_frames", 64) or None
-    normalize = str(trainer_over.get("normalize", "zscore") or "none")  # --set normalize=none parses to None
-    check_roles(cls, resolve_roles(StoreReader(req.store), req.dataset, req.features))  # before any heavy read
+    cls = head_cls_or_error(config.head_name)
+    d = config.data
+    reader = StoreReader(d.store)
+    roles = resolve_roles(reader, d.dataset, d.features)
+    check_roles(cls, roles)  # before any heavy read
     # a multi-task head (MMoLRE: sentiment + emotions) may ask for every label space by default
     default_tasks = getattr(cls, "default_tasks", None)
-    tasks = req.tasks if req.tasks is not None else (default_tasks(cfg) if default_tasks else None)
-    data = HeadsData.load(req.store, req.dataset, req.features, tasks=tasks, frames=FRAMES in cls.levels,
-                          max_frames=max_frames, normalize=normalize, fingerprints=fingerprints, stats=stats)
-    seed_everything(req.seed)  # the head's initial weights come from the seeded generator too
+    tasks = list(d.tasks) if d.tasks is not None else (default_tasks(config.head) if default_tasks else None)
+    data = HeadsData.load(d.store, d.dataset, roles, tasks=tasks, frames=FRAMES in cls.levels,
+                          max_frames=dict(d.max_frames), normalize=d.normalize, fingerprints=fingerprints,
+                          stats=stats)
+    # the tree records what the request resolved to, so that `--config` repeats exactly this run
+    d.store, d.features, d.tasks = str(Path(d.store).resolve()), dict(data.roles), tuple(t.name for t in data.tasks)
+    encoders = {role: str(reader.info(d.dataset, fs).get("encoder", "?")) for role, fs in data.roles.items()}
+    seed_everything(config.train.seed)  # the head's initial weights come from the seeded generator too
     try:
-        head = cls(cfg, data.dims, data.tasks)
+        head = cls(config.head, data.dims, data.tasks)
     except ValueError as e:  # heads refuse tasks or option combinations they cannot serve, saying why
-        raise HeadsError(str(e) if req.head in str(e) else f"head {req.head!r}: {e}") from None
-
-    schedule = {k: v for k, v in head.optimizer_config().items() if k in SCHEDULE_KEYS}
-    tcfg = TrainConfig(
-        epochs=req.epochs if req.epochs is not None else int(schedule.get("epochs", TrainConfig.epochs)),
-        batch_size=req.batch_size if req.batch_size is not None else int(schedule.get("batch_size",
-                                                                                      TrainConfig.batch_size)),
-        patience=_whole_or_raw(trainer_over.get("patience", schedule.get("patience", TrainConfig.patience))),
-        eval_batch_size=_whole_or_raw(trainer_over.get("eval_batch_size", TrainConfig.eval_batch_size)),
-        monitor=trainer_over.get("monitor"), seed=req.seed, precision=req.precision, device=req.device,
-        optim=optim_over)
+        name = config.head_name
+        raise HeadsError(str(e) if name in str(e) else f"head {name!r}: {e}") from None
+    tcfg = TrainConfig(**dataclasses.asdict(config.train), optim=config.optim_settings())
     trainer = Trainer(head, data, tcfg, list(callbacks or []))  # checks every setting: before any run directory
-    return _Prepared(req, cls, cfg, data, head, trainer, max_frames, normalize)
+    return _Prepared(config, cls, data, head, trainer, encoders)
 
 
-def train_run(req: RunRequest, callbacks: list[Callback] | None = None) -> RunResult:
+def train_run(req: RunRequest, callbacks: list[Callback] | None = None, config: RunConfig | None = None) -> RunResult:
     """Load the features, build and train the head, evaluate every split, write the run directory.
+    `config`: the request's tree when the caller resolved it already (resolve_request).
 
     Raises RunInterrupted (a KeyboardInterrupt) on Ctrl-C, with the run marked interrupted and resumable; any
     other error marks the run failed (run.json holds the message) and propagates.
     """
-    p = _prepare(req, callbacks)
-    run_dir = _new_run_dir(req.out, req, p.data.roles)
+    p = _prepare(config if config is not None else resolve_request(req), callbacks)
+    run_dir = _new_run_dir(req.out, req.name, p.config, p.data.roles)
     with run_lock(run_dir):
         record = RunRecord.create(run_dir, resume_command(run_dir), list(p.head.stages()), p.trainer.cfg.epochs)
 
         def setup() -> None:
-            cls, cfg, data, trainer = p.cls, p.cfg, p.data, p.trainer
-            config = {
+            cfg, data, trainer = p.config, p.data, p.trainer
+            tasks = [_task_dict(t) for t in data.tasks]
+            config_json = {
                 "merc_run_format": RUN_FORMAT,
                 "created": record.data["created"],
                 "command": sys.argv,
-                "request": req.to_dict(),
-                "head": req.head,
-                "head_config": dataclasses.asdict(cfg),
-                "overrides": {k: str(v) for k, v in req.overrides.items()},
-                "store": str(Path(req.store).resolve()),
-                "dataset": req.dataset,
+                **cfg.to_dict(),  # the tree: `merc-heads train --config <this file>` repeats the run
+                "preset": cfg.preset,
+                "sources": cfg.sources,  # where each value that is not a dataclass default came from
+                # what the tree resolved to (recorded, not read back by --config)
                 "features": data.roles,
+                "encoders": p.encoders,
                 "fingerprints": data.fingerprints,
                 "feature_dims": data.dims,
-                "levels": list(cls.levels),
-                "max_frames": p.max_frames,
-                "normalize": p.normalize,
-                "tasks": [_task_dict(t) for t in data.tasks],
+                "levels": list(p.cls.levels),
+                "tasks": tasks,
                 "monitor": trainer.monitor,
-                "train": {**dataclasses.asdict(trainer.cfg), "precision_requested": req.precision,
-                          "precision": trainer.precision, "device": str(trainer.device)},
+                "precision": trainer.precision,
+                "device": str(trainer.device),
                 "optimizer": trainer.settings,
                 "versions": versions(),
             }
-            _write_json(run_dir / "config.json", config)
-            _write_json(run_dir / "head_config.json", {"head": req.head, "config": dataclasses.asdict(cfg),
-                                                       "dims": data.dims,
-                                                       "tasks": [_task_dict(t) for t in data.tasks]})
+            _write_json(run_dir / "config.json", config_json)
+            head_values = {k: v for k, v in cfg.to_dict()["head"].items() if k != "name"}
+            _write_json(run_dir / "head_config.json", {"head": cfg.head_name, "config": head_values,
+                                                       "dims": data.dims, "tasks": tasks})
             save_feature_stats(data.stats, run_dir / "feature_stats.safetensors")
 
         return _execute(p, run_dir, record, None, setup)
@@ -387,30 +389,33 @@ def resumable_status(run_dir: str | Path) -> dict | None:
 
 
 def resume_run(run_dir: str | Path, callbacks: list[Callback] | None = None) -> RunResult:
-    """Continue an interrupted (or killed, or failed) run from its last completed epoch, with the request recorded
-    in its config.json; it ends with the weights the uninterrupted run ends with (bitwise on the CPU)."""
+    """Continue an interrupted (or killed, or failed) run from its last completed epoch, with the config tree
+    recorded in its config.json; it ends with the weights the uninterrupted run ends with (bitwise on the CPU)."""
     run_dir = Path(run_dir)
     if resumable_status(run_dir) is None:
         raise HeadsError("the run is complete; there is nothing to resume", file=str(run_dir),
                          fix=f"evaluate it: merc-heads eval {shlex.quote(str(run_dir))}")
     config = _read_json(run_dir / "config.json")
-    if not isinstance(config.get("request"), dict):
-        raise HeadsError("config.json records no request to resume (a run from an older merc-heads)",
-                         file=str(run_dir), fix="train it again with merc-heads train")
+    if not isinstance(config.get("optim"), dict):
+        raise HeadsError("config.json records no config tree to resume (a run from an older merc-heads)",
+                         file=str(run_dir), fix="resume it with the merc version that started it, or train it again")
     try:
-        req = RunRequest.from_dict(config["request"])
+        head, settings = tree_settings(config, f"{run_dir / 'config.json'}")
+        cls = head_cls_or_error(str(head))
+        tree = resolve(str(head), cls.config_cls, default_settings(cls) + settings, preset=config.get("preset"))
+        tree.sources = dict(config.get("sources") or {})
         fingerprints = dict(config["fingerprints"])
-        recorded_cfg = config["head_config"]
     except (KeyError, TypeError) as e:
         raise HeadsError(f"config.json is incomplete ({e})", file=str(run_dir),
                          fix="restore it from a copy of the run directory, or train the run again") from None
+    recorded = {ns: config[ns] for ns in NAMESPACES}
     stats_file = run_dir / "feature_stats.safetensors"
     stats = load_feature_stats(stats_file) if stats_file.exists() else None
     with run_lock(run_dir):
         remove_stale_temps(run_dir)
-        p = _prepare(req, callbacks, fingerprints=fingerprints, stats=stats)
-        if json.loads(json.dumps(dataclasses.asdict(p.cfg), default=_json_default)) != recorded_cfg:
-            raise HeadsError("the head's configuration now resolves differently from the one the run recorded",
+        p = _prepare(tree, callbacks, fingerprints=fingerprints, stats=stats)
+        if json.loads(json.dumps(p.config.to_dict(), default=_json_default)) != recorded:
+            raise HeadsError("the run's configuration now resolves differently from the one it recorded",
                              file=str(run_dir / "config.json"),
                              fix="resume with the merc version that started the run, or train a new run")
         resume_file = run_dir / RESUME_FILE
@@ -475,7 +480,7 @@ def _execute(p: _Prepared, run_dir: Path, record: RunRecord, state: TrainState |
     # the resume state holds the optimiser's moments and a copy of the weights: a complete run needs neither
     with contextlib.suppress(OSError):
         (run_dir / RESUME_FILE).unlink()
-    return RunResult(run_dir, metrics, fit, resumed_from)
+    return RunResult(run_dir, metrics, fit, resumed_from, p.config, p.encoders)
 
 
 class _RunCheckpoint(Callback):
@@ -496,29 +501,9 @@ class _RunCheckpoint(Callback):
             self.record.update(stage=state.stage, stage_epoch=state.epoch + 1, epochs_done=len(state.history))
 
 
-def _make_config(head: str, overrides: dict[str, Any]):
-    try:
-        return make_config(head, overrides)
-    except (KeyError, ValueError) as e:
-        bad = _bad_option(head, overrides)
-        if bad is not None:
-            key, default = bad
-            kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(type(default), "a value")
-            raise HeadsError(f"--set {key}={overrides[key]} is not {kind}",
-                             fix=f"give {key} {kind} (default {default}; merc-heads list shows every option)") from None
-        raise HeadsError(f"bad option for head {head!r}: {e.args[0] if e.args else e}",
-                         fix="check --set key=value against `merc-heads list`") from None
-
-
-def _bad_option(head: str, overrides: dict[str, Any]) -> tuple[str, Any] | None:
-    """The first --set value that the head's config cannot take, with that option's default."""
-    for key in overrides:
-        try:
-            make_config(head, {key: overrides[key]})
-        except (KeyError, ValueError):
-            defaults = head_class(head).config_cls()
-            return (key, getattr(defaults, key)) if hasattr(defaults, key) else None
-    return None
+def _make_config(head: str, values: dict[str, Any]):
+    """The head's config dataclass from recorded values (head_config.json), through the one parser."""
+    return make_config(head, {k: v for k, v in values.items() if k not in LEGACY_HEAD_FIELDS})
 
 
 def _task_dict(t: TaskSpec) -> dict:
@@ -593,10 +578,7 @@ def load_head(run_dir: str | Path, device: torch.device | str = "cpu") -> Head:
     hc = _read_json(run_dir / "head_config.json")
     try:
         cls = head_cls_or_error(hc["head"])
-        defaults = cls.config_cls()
-        values = {k: tuple(v) if isinstance(getattr(defaults, k, None), tuple) and isinstance(v, list) else v
-                  for k, v in hc["config"].items()}
-        cfg = _make_config(hc["head"], values)
+        cfg = _make_config(hc["head"], dict(hc["config"]))
         tasks = [TaskSpec(t["name"], t["kind"], tuple(t["classes"])) for t in hc["tasks"]]
         dims = {str(k): int(v) for k, v in hc["dims"].items()}
         head = cls(cfg, dims, tasks)
@@ -693,14 +675,16 @@ def load_run(run_dir: str | Path, store: str | None = None, device: str = "auto"
         verify_run(run_dir)
     config = _read_json(run_dir / "config.json")
     try:
-        normalize = config.get("normalize", "none")
+        # format 3 keeps the data settings in the tree; runs of format 2 kept them at the top level
+        data_cfg = config["data"] if isinstance(config.get("data"), dict) else config
+        normalize = data_cfg.get("normalize", "none")
         roles = dict(config["features"])
         stats = (load_feature_stats(run_dir / "feature_stats.safetensors", list(roles))
                  if normalize == "zscore" else None)
-        load_args = dict(store=store or config["store"], dataset=config["dataset"], features=roles,
+        load_args = dict(store=store or data_cfg["store"], dataset=data_cfg["dataset"], features=roles,
                          tasks=[t["name"] for t in config["tasks"]], frames=FRAMES in normalize_levels(config["levels"]),
-                         max_frames=config.get("max_frames"), fingerprints=config["fingerprints"])
-        precision = config["train"]["precision"]
+                         max_frames=data_cfg.get("max_frames"), fingerprints=config["fingerprints"])
+        precision = config["precision"] if "precision" in config else config["train"]["precision"]
         int(config["train"]["eval_batch_size"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise HeadsError(f"config.json is incomplete or invalid ({type(e).__name__}: {e})", file=str(run_dir),

@@ -2,7 +2,8 @@
 
 A head only says how to compute outputs and losses (heads/models/base.py); everything a researcher
 expects to be the same across heads lives here, so that comparing two heads compares the models and
-not their loops: the optimiser built from `head.optimizer_config()` (CLI `--set lr=...` wins), mixed
+not their loops: the optimiser built from the run's `optim.*` settings (the head class's declared defaults,
+a preset, `--set optim.lr=...`: heads/config.py), batches in the head's unit (`train.batch_unit`), mixed
 precision, gradient clipping, early stopping on the dev split's primary metric, exact CPU repeats
 under a seed.
 
@@ -16,6 +17,7 @@ it and ends with the weights the uninterrupted fit ends with (bitwise on the CPU
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -29,27 +31,29 @@ import numpy as np
 import torch
 
 from .checkpoint import TrainState, capture_rng, restore_rng
+from .config import (
+    OptimConfig,
+    TrainSettings,
+    check_settings,
+    describe,
+    head_defaults,
+    parse_value,
+    problems,
+    type_hints,
+)
 from .data import HeadsData, HeadsError
 from .metrics import PRIMARY, is_better, task_metrics
 from .models.base import Batch, Head, TaskSpec
 
-# --set keys that configure the optimiser / schedule rather than the head ("optimizer" names it).
-OPTIM_KEYS = ("optimizer", "lr", "weight_decay", "betas", "eps", "grad_clip", "scheduler", "plateau_factor",
-              "plateau_patience")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 50  # per stage
-    batch_size: int = 16  # dialogues
-    eval_batch_size: int = 32
-    patience: int = 10  # epochs without dev improvement before a stage stops
-    seed: int = 0
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    optim: dict = field(default_factory=dict)  # overrides of head.optimizer_config()
-    monitor: str | None = None  # dev metric of the primary task (or "loss") picking the checkpoint; None = PRIMARY[kind]
+class TrainConfig(TrainSettings):
+    """The `train.*` section of the config tree (heads/config.py: the fields and their defaults), plus the
+    optimiser section as the trainer takes it."""
+
+    optim: dict = field(default_factory=dict)  # optim.* values over the head class's defaults (OptimConfig fields)
     deterministic: bool = True
 
 
@@ -117,130 +121,44 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 # optimiser
 # ---------------------------------------------------------------------------------------------------
 
-OPTIM_DEFAULTS = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "betas": (0.9, 0.999), "eps": 1e-8,
-                  "grad_clip": None, "scheduler": None, "plateau_factor": 0.1, "plateau_patience": 10}
-
-
-def _merge_optim(base: dict, overrides: dict | None) -> dict:
-    cfg = dict(base)
-    for key, value in (overrides or {}).items():
-        cfg["name" if key == "optimizer" else key] = value
-    cfg["name"] = str(cfg["name"]).lower()
-    if cfg["scheduler"] in ("none", "None", ""):
-        cfg["scheduler"] = None
-    return cfg
-
-
 def optimizer_settings(head: Head, overrides: dict | None = None, *, check: bool = True) -> dict:
-    """The head's optimiser spec with CLI overrides applied (`optimizer=adam` sets its "name"), checked."""
-    cfg = _merge_optim({**OPTIM_DEFAULTS, **head.optimizer_config()}, overrides)
+    """The optimiser of a head: OptimConfig's defaults < the head class's declared defaults < `overrides`
+    (OptimConfig field -> value, parsed by the config parser), checked. The result is what the trainer builds:
+    scheduler None or "plateau", grad_clip None when off."""
+    types = type_hints(OptimConfig)
+    cfg = dataclasses.asdict(OptimConfig())
+    declared = {k.split(".", 1)[1]: v for k, v in head_defaults(type(head)).items() if k.startswith("optim.")}
+    bad = []
+    for key, raw in {**declared, **(overrides or {})}.items():
+        key = "name" if key == "optimizer" else key
+        if key not in types:
+            raise HeadsError(f"optim has no key {key!r}", fix=f"optim keys: {', '.join(types)}")
+        try:
+            cfg[key] = parse_value(raw, types[key])
+        except ValueError:
+            bad.append((f"--set optim.{key}={raw}", f"optim.{key} must be {describe(types[key])}"))
+    found = bad + problems({f"optim.{k}": v for k, v in cfg.items()})
     if check:
-        check_settings(optimizer_problems(cfg))
-    clip = _number(cfg["grad_clip"])
-    if clip is not None and clip <= 0:
-        cfg["grad_clip"] = None
-    return cfg
-
-
-def override_problems(overrides: dict) -> list[tuple[str, str]]:
-    """optimizer_problems of the given --set optimiser values alone (checked before anything is loaded)."""
-    keys = {"name" if k == "optimizer" else k for k in overrides}
-    cfg = _merge_optim(OPTIM_DEFAULTS, overrides)
-    if "scheduler" not in keys:
-        cfg["scheduler"] = "plateau" if keys & {"plateau_factor", "plateau_patience"} else None
-    return [pr for pr in optimizer_problems(cfg) if pr[2] in keys]
-
-
-OPTIMIZERS = ("adamw", "adam")
-SCHEDULERS = ("plateau", "none")
-
-
-def _number(v) -> float | None:
-    """A real number (not a bool, not a string), as a float; None otherwise."""
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        return None
-    return float(v)
-
-
-def _whole(v) -> int | None:
-    x = _number(v)
-    return int(x) if x is not None and math.isfinite(x) and x == int(x) else None
-
-
-def optimizer_problems(cfg: dict) -> list[tuple[str, str, str]]:
-    """(what was given, what is valid, key) for every optimiser value out of range: lr nan, inf or <= 0 and so on."""
-    problems = []
-
-    def bad(key: str, valid: str) -> None:
-        problems.append((f"--set {key}={_show(cfg[key])}", f"{key} must be {valid}", key))
-
-    lr = _number(cfg["lr"])
-    if lr is None or not math.isfinite(lr) or lr <= 0:
-        bad("lr", "a finite number > 0, e.g. --set lr=3e-4")
-    wd = _number(cfg["weight_decay"])
-    if wd is None or not math.isfinite(wd) or wd < 0:
-        bad("weight_decay", "a finite number >= 0 (0 = no weight decay)")
-    eps = _number(cfg["eps"])
-    if eps is None or not math.isfinite(eps) or eps <= 0:
-        bad("eps", "a finite number > 0, e.g. --set eps=1e-8")
-    betas = cfg["betas"]
-    nums = [_number(b) for b in betas] if isinstance(betas, (tuple, list)) else []
-    if len(nums) != 2 or any(b is None or not 0 <= b < 1 for b in nums):
-        bad("betas", "two numbers in [0, 1), e.g. --set betas=0.9,0.999")
+        check_settings(found)
+    elif bad:
+        check_settings(bad)
+    settings = dict(cfg)
+    settings["scheduler"] = None if cfg["scheduler"] == "none" else cfg["scheduler"]
     clip = cfg["grad_clip"]
-    if clip is not None and (_number(clip) is None or math.isnan(_number(clip))):
-        bad("grad_clip", "a number (<= 0 or none = no clipping), e.g. --set grad_clip=1.0")
-    if cfg["name"] not in OPTIMIZERS:
-        problems.append((f"--set optimizer={cfg['name']}", f"optimizer must be one of {', '.join(OPTIMIZERS)}",
-                         "name"))
-    if cfg["scheduler"] is not None and cfg["scheduler"] not in SCHEDULERS:
-        problems.append((f"--set scheduler={cfg['scheduler']}", f"scheduler must be one of {', '.join(SCHEDULERS)}",
-                         "scheduler"))
-    if cfg["scheduler"] == "plateau":
-        factor = _number(cfg["plateau_factor"])
-        if factor is None or not 0 < factor < 1:
-            bad("plateau_factor", "a number in (0, 1), e.g. --set plateau_factor=0.5")
-        pp = _whole(cfg["plateau_patience"])
-        if pp is None or pp < 0:
-            bad("plateau_patience", "a whole number >= 0")
-    return problems
+    settings["grad_clip"] = None if clip is None or (math.isfinite(clip) and clip <= 0) else clip
+    return settings
 
 
-def _show(value) -> str:
-    """A value as the user typed it: 0.1,0.2 for a tuple, nan for a float NaN."""
-    if isinstance(value, (tuple, list)):
-        return ",".join(_show(v) for v in value)
-    return str(value)
+def optimizer_problems(settings: dict) -> list[tuple[str, str]]:
+    """(what was given, what is valid) for every optimiser value out of range (settings as optimizer_settings
+    returns them)."""
+    values = {**settings, "scheduler": settings.get("scheduler") or "none"}
+    return problems({f"optim.{k}": v for k, v in values.items()})
 
 
 def train_config_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
     """(what was given, what is valid) for every out-of-range number of a TrainConfig."""
-    problems = []
-    for value, flag, valid in ((cfg.epochs, "--epochs", "--epochs must be a whole number >= 1 (per stage)"),
-                               (cfg.batch_size, "--batch-size", "--batch-size must be a whole number >= 1 (dialogues)"),
-                               (cfg.patience, "--set patience=", "patience must be a whole number >= 1 (epochs "
-                                                                 "without dev improvement before a stage stops)"),
-                               (cfg.eval_batch_size, "--set eval_batch_size=",
-                                "eval_batch_size must be a whole number >= 1")):
-        n = _whole(value)
-        if n is None or n < 1:
-            problems.append((f"{flag}{value}" if flag.endswith("=") else f"{flag} {value}", valid))
-    if _whole(cfg.seed) is None:
-        problems.append((f"--seed {cfg.seed}", "--seed must be a whole number"))
-    return problems
-
-
-def check_settings(problems: list[tuple]) -> None:
-    """One error listing every invalid value (given, valid[, key]) and what each accepts."""
-    seen, unique = set(), []
-    for pr in problems:
-        if pr[0] not in seen:
-            seen.add(pr[0])
-            unique.append(pr)
-    if unique:
-        raise HeadsError(f"invalid training setting{'s' if len(unique) > 1 else ''}: "
-                         f"{', '.join(pr[0] for pr in unique)}",
-                         fix="; ".join(pr[1] for pr in unique))
+    return problems({f"train.{f.name}": getattr(cfg, f.name) for f in dataclasses.fields(TrainSettings)})
 
 
 def build_optimizer(head: Head, settings: dict) -> torch.optim.Optimizer:
@@ -257,7 +175,7 @@ def build_optimizer(head: Head, settings: dict) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, **kwargs)
     if settings["name"] == "adam":
         return torch.optim.Adam(params, **kwargs)
-    raise HeadsError(f"unknown optimizer {settings['name']!r}", fix="use --set optimizer=adamw or --set optimizer=adam")
+    raise HeadsError(f"unknown optimizer {settings['name']!r}", fix="use --set optim.name=adamw or optim.name=adam")
 
 
 def build_scheduler(opt: torch.optim.Optimizer, settings: dict):
@@ -266,7 +184,8 @@ def build_scheduler(opt: torch.optim.Optimizer, settings: dict):
     if settings["scheduler"] == "plateau":  # stepped on the dev loss, as Ada2I does
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=float(settings["plateau_factor"]),
                                                           patience=int(settings["plateau_patience"]))
-    raise HeadsError(f"unknown scheduler {settings['scheduler']!r}", fix="use --set scheduler=plateau or scheduler=none")
+    raise HeadsError(f"unknown scheduler {settings['scheduler']!r}",
+                     fix="use --set optim.scheduler=plateau or optim.scheduler=none")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -372,6 +291,18 @@ class FitResult:
     seconds: float
 
 
+def batch_unit_kwargs(data: HeadsData, unit: str) -> dict[str, str]:
+    """`unit=` for HeadsData.batches / n_batches (a HeadsData without units serves dialogues only)."""
+    import inspect
+
+    if "unit" in inspect.signature(data.batches).parameters:
+        return {"unit": unit}
+    if unit != "dialogue":
+        raise HeadsError(f"this HeadsData serves dialogue batches only, not train.batch_unit={unit}",
+                         fix="use --set train.batch_unit=dialogue")
+    return {}
+
+
 class Trainer:
     """Trains one head on one HeadsData. `fit()` leaves the head holding the best dev checkpoint.
 
@@ -407,7 +338,7 @@ class Trainer:
             return
         if self.monitor not in names:
             raise HeadsError(f"monitor metric {self.monitor!r} is not a metric of the {task.kind} task {task.name!r}",
-                             fix=f"use --set monitor= one of {', '.join(sorted(names | {'loss'}))}")
+                             fix=f"use --set train.monitor= one of {', '.join(sorted(names | {'loss'}))}")
 
     def _emit(self, name: str, *args) -> None:
         for cb in self.callbacks:
@@ -418,7 +349,8 @@ class Trainer:
     def record_settings(self) -> dict:
         """What a resumed run must train with to continue this one exactly (kept in the resume state)."""
         cfg = self.cfg
-        return {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size,
+        return {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "batch_unit": cfg.batch_unit,
+                "eval_batch_size": cfg.eval_batch_size,
                 "patience": cfg.patience, "seed": cfg.seed, "precision": self.precision, "device": self.device.type,
                 "monitor": self.monitor, "stages": list(self.head.stages()),
                 "optim": {k: list(v) if isinstance(v, tuple) else v for k, v in self.settings.items()}}
@@ -444,6 +376,7 @@ class Trainer:
         if len(data.split_dialogues("train")) == 0:
             raise HeadsError(f"dataset {data.dataset!r} has no train dialogues", fix="check the manifest's splits")
         has_dev = len(data.split_dialogues("dev")) > 0
+        unit = batch_unit_kwargs(data, cfg.batch_unit)
 
         for stage_index, stage in enumerate(stages):
             if stage_index < first_stage:
@@ -462,10 +395,11 @@ class Trainer:
             while epoch < cfg.epochs and bad < cfg.patience:
                 t0 = time.perf_counter()
                 head.train()
-                self._emit("on_epoch_start", stage, epoch, data.n_batches("train", cfg.batch_size))
+                self._emit("on_epoch_start", stage, epoch, data.n_batches("train", cfg.batch_size, **unit))
                 sums: dict[str, float] = {}
                 n_steps = 0
-                for batch in data.batches("train", cfg.batch_size, shuffle=True, generator=shuffle_rng, pin_memory=pin):
+                for batch in data.batches("train", cfg.batch_size, shuffle=True, generator=shuffle_rng, pin_memory=pin,
+                                          **unit):
                     batch = batch.to(device, non_blocking=pin)
                     loss_value, terms = self.train_step(batch, epoch, opt, scaler, params, stage=stage)
                     n_steps += 1
@@ -481,7 +415,7 @@ class Trainer:
                     if self.monitor not in dev and self.monitor != "loss":
                         raise HeadsError(f"monitor metric {self.monitor!r} is not a metric of the "
                                          f"{data.tasks[0].kind} task {data.tasks[0].name!r}",
-                                         fix=f"use --set monitor= one of {', '.join(dev)}")
+                                         fix=f"use --set train.monitor= one of {', '.join(dev)}")
                     dev["loss"] = dev_loss
                     value = dev[self.monitor]
                     record.update({f"dev_{k}": v for k, v in dev.items()})
@@ -556,9 +490,9 @@ class Trainer:
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value) and scaler is None:
             where = f"epoch {epoch + 1}" + (f" of stage {stage}" if stage != "main" else "")
-            lower = f"lower the learning rate (--set lr=..., it is {self.settings['lr']} now)"
+            lower = f"lower the learning rate (--set optim.lr=..., it is {self.settings['lr']} now)"
             fix = lower + (", or train with --precision fp32" if self.precision != "fp32" else
-                           ", or clip gradients (--set grad_clip=1.0)")
+                           ", or clip gradients (--set optim.grad_clip=1.0)")
             raise HeadsError(f"the {head.name} loss became {loss_value} in {where}; training stopped", fix=fix)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -134,6 +134,12 @@ def test_corrupt_run_json(run):
     (["--set", "weight_decay=-0.1"], "--set weight_decay=-0.1", "weight_decay must be a finite number >= 0"),
     (["--set", "grad_clip=nan"], "--set grad_clip=nan", "grad_clip must be a number"),
     (["--set", "max_frames=-1"], "--set max_frames=-1", "max_frames must be a whole number >= 0"),
+    (["--set", "optim.lr=0"], "--set optim.lr=0", "optim.lr must be a finite number > 0"),
+    (["--set", "train.epochs=0"], "--set train.epochs=0", "train.epochs must be a whole number >= 1"),
+    (["--set", "train.batch_size=-1"], "--set train.batch_size=-1", "train.batch_size must be a whole number >= 1"),
+    (["--set", "data.max_frames.a=-5"], "--set data.max_frames.a=-5", "data.max_frames must be a whole number >= 0"),
+    (["--set", "optim.plateau_factor=2"], "--set optim.plateau_factor=2", "optim.plateau_factor must be a number in"),
+    (["--set", "optim.betas=0.9,1"], "--set optim.betas=0.9,1", "optim.betas must be two numbers in [0, 1)"),
 ])
 def test_invalid_numbers_fail_before_the_run_directory_exists(store, tmp_path, extra, given, valid):
     out = tmp_path / "runs"
@@ -146,6 +152,8 @@ def test_invalid_numbers_fail_before_the_run_directory_exists(store, tmp_path, e
 def test_a_word_for_a_number_names_the_option(store, tmp_path):
     out = tmp_path / "runs"
     clean_error(invoke(*train_args(store, out, "bad", "--set", "lr=fast")), "--set lr=fast is not a number")
+    clean_error(invoke(*train_args(store, out, "bad", "--set", "optim.scheduler=cosine")),
+                "--set optim.scheduler=cosine is not one of none, plateau")
     clean_error(invoke(*train_args(store, out, "bad", "--set", "patience=soon")), "--set patience=soon",
                 "patience must be a whole number >= 1")
     assert not out.exists()
@@ -177,7 +185,7 @@ def test_nan_loss_marks_the_run_failed(store, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cls, "loss", loss)
     res = invoke(*train_args(store, tmp_path, "nan", "--epochs", "3"))
-    clean_error(res, "loss became nan in epoch 2", "--set lr=")
+    clean_error(res, "loss became nan in epoch 2", "--set optim.lr=")
     assert_flags_exist(res.output)
     status = read_status(tmp_path / "nan")
     assert status["status"] == "failed" and "loss became nan in epoch 2" in status["error"]

@@ -269,7 +269,9 @@ def test_param_counts_match_closed_form_for_default_config(dims, n_classes):
                                    + classifier_params(cfg, 3, n_classes))
 
 
-def test_optimizer_config_follows_spec():
-    opt = tiny().optimizer_config()
-    assert (opt["name"], opt["lr"], opt["weight_decay"], opt["grad_clip"], opt["scheduler"]) == (
+def test_declared_defaults_follow_spec():
+    from merc.heads.config import head_defaults
+
+    d = head_defaults(Ada2I)
+    assert (d["optim.name"], d["optim.lr"], d["optim.weight_decay"], d["optim.grad_clip"], d["optim.scheduler"]) == (
         "adam", 1.7e-4, 1e-8, 2.0, "plateau")

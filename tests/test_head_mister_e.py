@@ -4,6 +4,7 @@ import pytest
 import torch
 from head_batches import EMOTION, assert_all_grads, assert_valid_outputs_equal, make_batch, repad
 
+from merc.heads import losses
 from merc.heads.models import _common
 from merc.heads.models.mister_e import (
     MisterE,
@@ -97,7 +98,8 @@ def test_total_loss_is_focal_plus_weighted_supcon_and_kl():
     assert loss.item() == pytest.approx(t["focal"] + 2.0 * t["supcon"] + 0.1 * t["kl"], rel=1e-5)
     y = batch.labels["emotion"]
     z = out.aux["expert_logits"]
-    focal = sum(_common.focal_loss(x, y, 3.0) for x in [out.logits["emotion"], z[:, :, 0], z[:, :, 1], z[:, :, 2]])
+    outputs = [out.logits["emotion"], z[:, :, 0], z[:, :, 1], z[:, :, 2]]
+    focal = sum(losses.focal_loss(x, y, gamma=3.0) for x in outputs)
     assert t["focal"] == pytest.approx(focal.item(), rel=1e-5)
 
 
@@ -116,9 +118,10 @@ def test_focal_loss_by_hand():
     for z, y in zip(logits[0].tolist()[:2], [0, 2], strict=True):
         p = _softmax(z)[y]
         hand.append((1 - p) ** 3 * -math.log(p))
-    assert _common.focal_loss(logits, labels, 3.0).item() == pytest.approx(sum(hand) / 2, rel=1e-6)
-    assert _common.focal_loss(logits, labels, 3.0, count_pads=True).item() == pytest.approx(sum(hand) / 3, rel=1e-6)
-    assert _common.focal_loss(logits, labels, 0.0).item() == pytest.approx(
+    assert losses.focal_loss(logits, labels, gamma=3.0).item() == pytest.approx(sum(hand) / 2, rel=1e-6)
+    with_pads = losses.focal_loss(logits, labels, gamma=3.0, count_pads=True)
+    assert with_pads.item() == pytest.approx(sum(hand) / 3, rel=1e-6)
+    assert losses.focal_loss(logits, labels, gamma=0.0).item() == pytest.approx(
         torch.nn.functional.cross_entropy(logits[0], labels[0], ignore_index=-1).item(), rel=1e-6)
 
 
@@ -136,7 +139,7 @@ def test_supcon_by_hand():
         log_den = math.log(sum(math.exp(s[k]) for k in range(n) if k != i))
         pos = [j for j in range(n) if j != i and labels[j] == labels[i]]
         total += -sum(s[p] - log_den for p in pos) / len(pos)
-    assert _common.supcon_loss(a, t, y, tau).item() == pytest.approx(total / n, rel=1e-5)
+    assert losses.supcon_loss(a, t, y, tau).item() == pytest.approx(total / n, rel=1e-5)
 
 
 def test_supcon_positives_include_other_view_and_same_label():
@@ -146,7 +149,7 @@ def test_supcon_positives_include_other_view_and_same_label():
     y = torch.tensor([0, 1])
     # sims (tau=1): self-view pair 1, cross-label pairs 0 -> l_i = -(1 - log(e + 2))
     expected = -(1 - math.log(math.e + 2))
-    assert _common.supcon_loss(a, t, y, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    assert losses.supcon_loss(a, t, y, 1.0).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_symmetric_kl_by_hand():
@@ -168,7 +171,7 @@ def test_symmetric_kl_by_hand():
                     p, q = _softmax(z[i][b, t_].tolist()), _softmax(z[j][b, t_].tolist())
                     s += kl(p, q) + kl(q, p)
             total += s / 2  # batchmean: divided by B
-        got = _common.symmetric_kl(z, mask if use_mask else None).item()
+        got = losses.symmetric_kl(z, mask if use_mask else None).item()
         assert got == pytest.approx(total / 3, rel=1e-5)
 
 
@@ -179,11 +182,12 @@ def test_clean_losses_ignore_pads_parity_counts_them():
     y = batch.labels["emotion"]
     keep = y >= 0
     _, t = model.loss(batch, out, 0)
-    expected = _common.supcon_loss(out.aux["a_f"][keep], out.aux["t_f"][keep], y[keep], 1.0)
+    expected = losses.supcon_loss(out.aux["a_f"][keep], out.aux["t_f"][keep], y[keep], 1.0)
     assert t["supcon"] == pytest.approx(expected.item(), rel=1e-5)
     model.cfg.parity = True
     _, tp = model.loss(batch, out, 0)
-    expected_p = _common.supcon_loss(out.aux["a_f"].flatten(0, 1), out.aux["t_f"].flatten(0, 1), y.flatten(), 1.0)
+    a_f, t_f = out.aux["a_f"].flatten(0, 1), out.aux["t_f"].flatten(0, 1)
+    expected_p = losses.supcon_loss(a_f, t_f, y.flatten(), 1.0)
     assert tp["supcon"] == pytest.approx(expected_p.item(), rel=1e-5)
     assert tp["focal"] < t["focal"]  # same numerators, pads in the denominators
 
@@ -205,9 +209,12 @@ def test_param_counts_match_closed_form_for_default_config(dims):
                             + fusion_expert_params(dims["a"], dims["t"], cfg, 4) + gate_params(cfg, 3, 4))
 
 
-def test_optimizer_config_follows_spec():
-    opt = tiny().optimizer_config()
-    assert opt["name"] == "adam" and opt["lr"] == 1e-5 and opt["weight_decay"] == 0.0 and opt["grad_clip"] == 1.0
+def test_declared_defaults_follow_spec():
+    from merc.heads.config import head_defaults
+
+    d = head_defaults(MisterE)
+    assert (d["optim.name"], d["optim.lr"], d["optim.weight_decay"], d["optim.grad_clip"]) == ("adam", 1e-5, 0.0, 1.0)
+    assert (d["train.epochs"], d["train.batch_size"], d["train.batch_unit"]) == (100, 8, "dialogue")
 
 
 def test_rejects_non_categorical_primary():

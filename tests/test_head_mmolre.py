@@ -13,6 +13,7 @@ from head_batches import (
     repad,
 )
 
+from merc.heads import losses
 from merc.heads.models import _common
 from merc.heads.models.mmolre import (
     LowRankExperts,
@@ -45,9 +46,12 @@ def batch_for(tasks=MSA_MER, seed=0):
     return make_batch(DIMS, tasks=tasks, frames=FRAMES, seed=seed)
 
 
-@pytest.mark.parametrize("fusion", ["post", "pre"])
-def test_forward_backward_all_params_get_grads(fusion):
-    model = tiny(fusion=fusion, top_k=4)  # every shared expert active, so every one gets a gradient
+VARIANTS = [dict(), dict(residual=True), dict(ablation="pre_fusion"), dict(ablation="post_fusion")]
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_forward_backward_all_params_get_grads(kw):
+    model = tiny(**kw, top_k=4)  # every shared expert active, so every one gets a gradient
     assert model.levels == ("frames",) and not model.uses_context
     batch = batch_for()
     out = model(batch)
@@ -68,7 +72,7 @@ def test_any_task_subset(tasks):
     loss, _ = model.loss(batch, out, 0)
     loss.backward()
     if tasks == (EMOTION,):
-        expected = _common.cross_entropy(out.logits["emotion"], batch.labels["emotion"])
+        expected = losses.masked_cross_entropy(out.logits["emotion"], batch.labels["emotion"])
         assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -80,7 +84,7 @@ def test_multitask_off_trains_primary_only():
         tiny(MSA_MER, multitask=False)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(fusion="pre"), dict(task_expert=False)])
+@pytest.mark.parametrize("kw", [*VARIANTS, dict(task_expert=False), dict(rank=(1, 2, 3, 5))])
 def test_padding_invariance(kw):
     model = tiny(**kw).eval()
     batch = batch_for()
@@ -117,19 +121,23 @@ def test_router_gate_is_topk_of_softmax_of_masked_mean():
         torch.testing.assert_close(g[i], expected)
 
 
-def test_low_rank_experts_equal_separate_convolutions():
+@pytest.mark.parametrize("ranks", [(2, 2, 2), (1, 3, 2, 4)])
+def test_low_rank_experts_equal_separate_convolutions(ranks):
     torch.manual_seed(0)
-    d, n, r = 6, 3, 2
-    experts = LowRankExperts(d, n, r)
+    d, n = 6, len(ranks)
+    experts = LowRankExperts(d, ranks)
     x = torch.randn(2, d, 5)
     g = torch.rand(2, n)
-    got = experts(x, g)
-    expected = 0
-    for e in range(n):
-        down = F.conv1d(x, experts.down.weight[e * r : (e + 1) * r], experts.down.bias[e * r : (e + 1) * r], padding=1)
-        up = F.conv1d(down, experts.up_weight[:, e * r : (e + 1) * r, None], experts.up_bias[e])
+    expected, ungated, start = 0, 0, 0
+    for e, r in enumerate(ranks):  # expert e: its own Conv1d(d -> r_e, k=3) and Conv1d(r_e -> d, k=1)
+        ch = slice(start, start + r)
+        down = F.conv1d(x, experts.down.weight[ch], experts.down.bias[ch], padding=1)
+        up = F.conv1d(down, experts.up_weight[:, ch, None], experts.up_bias[e])
         expected = expected + g[:, e, None, None] * up
-    torch.testing.assert_close(got, expected)
+        ungated = ungated + up
+        start += r
+    torch.testing.assert_close(experts(x, g), expected)
+    torch.testing.assert_close(experts(x), ungated)
 
 
 # -- losses by hand -------------------------------------------------------------------------------------------
@@ -138,7 +146,7 @@ def test_low_rank_experts_equal_separate_convolutions():
 def test_mae_by_hand():
     pred = torch.tensor([[0.5, -1.0, 2.0]])
     target = torch.tensor([[1.0, float("nan"), -1.0]])
-    assert _common.mae_loss(pred, target).item() == pytest.approx((0.5 + 3.0) / 2)
+    assert losses.masked_l1(pred, target).item() == pytest.approx((0.5 + 3.0) / 2)
 
 
 def test_bce_by_hand():
@@ -149,7 +157,7 @@ def test_bce_by_hand():
         return 1 / (1 + math.exp(-v))
 
     expected = (-math.log(s(0.3)) - math.log(1 - s(-1.2))) / 2
-    assert _common.bce_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    assert losses.masked_bce(logits, target).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_task_losses_in_the_head():
@@ -191,15 +199,16 @@ def test_expert_block_params_default_config_and_low_rank_ratio():
     assert _common.count_params(full) == unitse_block_params(mosei, d, 2, full_rank=True)
 
 
-@pytest.mark.parametrize("fusion", ["post", "pre"])
-def test_total_params_match_formula_default_config(fusion):
-    cfg = MMoLREConfig(fusion=fusion)
+@pytest.mark.parametrize("ablation", ["none", "pre_fusion", "post_fusion"])
+def test_total_params_match_formula_default_config(ablation):
+    cfg = MMoLREConfig(ablation=ablation)
     with torch.device("meta"):
         model = MMoLRE(cfg, {"t": 768, "a": 1024}, list(MSA_MER))
     parts = param_count_formula(cfg, 768, out_dims=(1, 6), input_dims={"t": 768, "a": 1024})
     assert _common.count_params(model) == parts["total"]
     assert _common.count_params(model.fusion[0]) == 2 * 768 + 5 * cme_layer_params(768, 3072)
-    assert _common.count_params(model.unitse) == parts["unitse"]
+    assert _common.count_params(model.fusion) == parts["fusion"]
+    assert (_common.count_params(model.unitse) if model.unitse is not None else 0) == parts["unitse"]
 
 
 def test_tiny_params_match_formula():
@@ -209,6 +218,8 @@ def test_tiny_params_match_formula():
     assert _common.count_params(model) == parts["total"]
 
 
-def test_optimizer_config():
-    opt = tiny().optimizer_config()
-    assert opt["name"] == "adamw" and opt["lr"] == 1e-5
+def test_declared_defaults():
+    from merc.heads.config import head_defaults
+
+    d = head_defaults(MMoLRE)
+    assert (d["optim.name"], d["optim.lr"], d["train.batch_size"], d["train.batch_unit"]) == ("adamw", 1e-5, 8, "utterance")

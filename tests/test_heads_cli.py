@@ -26,7 +26,8 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     res = invoke("train", "--head", "dialogue-gru", "--store", path, "--dataset", "synth",
                  "--features", features_arg(names, "ta"), "--epochs", 3, "--batch-size", 8, "--seed", 3,
-                 "--set", "hidden=32", "--set", "lr=3e-3", "--set", "patience=5", "--out", out, "--name", "gru")
+                 "--set", "head.hidden=32", "--set", "optim.lr=3e-3", "--set", "train.patience=5", "--out", out,
+                 "--name", "gru")
     assert res.exit_code == 0, res.output
     return out / "gru", res.output
 
@@ -37,12 +38,20 @@ def test_run_directory_holds_everything(trained):
                  "predictions.csv", "log.jsonl", "learning_curve.png"):
         assert (run_dir / name).exists(), name
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["head"] == "dialogue-gru" and config["head_config"]["hidden"] == 32
+    # the config tree (what --config reads back), then what it resolved to
+    assert config["head"]["name"] == "dialogue-gru" and config["head"]["hidden"] == 32
+    assert config["optim"]["lr"] == 3e-3 and config["optim"]["name"] == "adamw"
+    assert config["train"]["seed"] == 3 and config["train"]["patience"] == 5 and config["train"]["epochs"] == 3
+    assert config["train"]["batch_unit"] == "dialogue" and config["train"]["precision"] == "auto"
+    assert config["data"]["normalize"] == "zscore" and config["data"]["tasks"] == ["emotion"]
+    assert config["data"]["features"] == {"t": "text32", "a": "audio32"}
+    assert config["preset"] is None  # no preset for a dataset called synth
+    assert config["sources"]["optim.lr"] == "--set optim.lr=3e-3" and config["sources"]["train.epochs"] == "--epochs 3"
+    assert config["sources"]["optim.weight_decay"].startswith("dialogue-gru default")
     assert config["features"] == {"t": "text32", "a": "audio32"} and set(config["fingerprints"]) == {"t", "a"}
+    assert config["encoders"] == {"t": "synthetic", "a": "synthetic"}  # the store's record of each feature set
     assert config["tasks"] == [{"name": "emotion", "kind": "categorical", "classes": ["neutral", "joy", "anger", "sadness"]}]
-    assert config["train"]["seed"] == 3 and config["train"]["precision"] in ("fp32", "bf16")
-    assert config["optimizer"]["lr"] == 3e-3 and config["train"]["patience"] == 5
-    assert config["normalize"] == "zscore"
+    assert config["precision"] in ("fp32", "bf16") and config["optimizer"]["lr"] == 3e-3
     assert {"torch", "numpy", "zarr", "python"} <= set(config["versions"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     test = metrics["splits"]["test"]["emotion"]
@@ -54,8 +63,11 @@ def test_run_directory_holds_everything(trained):
     assert set(rows[0]) == {"utterance_id", "split", "task", "gold", "pred", "probabilities"}
     assert {r["split"] for r in rows} == {"train", "dev", "test"}
     assert abs(sum(json.loads(rows[0]["probabilities"]).values()) - 1) < 1e-4
-    # the summary line names the test metrics at the best-dev checkpoint and the run directory
+    # the first line says which preset applies; the summary line names the test metrics at the best-dev checkpoint,
+    # the encoders the features came from, and the run directory
+    assert output.startswith("dialogue-gru on synth: no preset (head defaults); 3 epochs, batch 8 dialogues")
     assert "test emotion: weighted_f1" in output and "run:" in output
+    assert "features t=text32 (synthetic), a=audio32 (synthetic)" in output
 
 
 def test_checkpoint_round_trip_is_exact(trained):
@@ -96,14 +108,32 @@ def test_predict_writes_csv(trained, tmp_path):
 def test_list_names_heads_needs_and_options():
     res = invoke("list")
     assert res.exit_code == 0
-    for text in ("mlp", "late-fusion", "dialogue-gru", "levels utterance", "hidden=256", "optional t,a,v"):
+    for text in ("mlp", "late-fusion", "dialogue-gru", "levels utterance", "hidden=256", "optional t,a,v",
+                 "optim.name=adam optim.lr=1e-05", "train.batch_unit=utterance"):
         assert text in res.output
+    assert "lr=0.001 weight_decay" not in res.output  # the optimiser is in optim.*, not among a head's options
+
+
+def test_list_presets_shows_versions_values_and_sources():
+    res = invoke("list", "--presets")
+    assert res.exit_code == 0, res.output
+    for text in ("ada2i/meld@1", "mister-e/mosi@1", "mmolre/mosei@1", "summer/iemocap@1", "mister-e/meld-parity@1",
+                 "optim.lr = 0.00012", "[paper] Table 2: learning rate (spec 4.5)", "extends mister-e/meld, mister-e/parity"):
+        assert text in res.output, text
 
 
 @pytest.mark.parametrize("args, message", [
     (["--head", "nope"], "unknown head 'nope'"),
     (["--head", "mlp", "--set", "colour=red"], "has no option 'colour'"),
     (["--head", "mlp", "--set", "hidden"], "is not key=value"),
+    (["--head", "mlp", "--set", "head.colour=red"], "head 'mlp' has no option 'colour'"),
+    (["--head", "mlp", "--set", "optim.lrr=1"], "optim has no key 'lrr'"),
+    (["--head", "mlp", "--set", "optim.name=sgd"], "--set optim.name=sgd is not one of adamw, adam"),
+    (["--head", "mlp", "--set", "train.batch_unit=video"], "is not one of dialogue, utterance"),
+    (["--head", "mlp", "--set", "data.max_frames.x=3"], "unknown role 'x'"),
+    (["--head", "mlp", "--set", "head.lr=1"], "use --set optim.lr="),
+    (["--head", "mlp", "--preset", "ada2i/meld"], "preset ada2i/meld is for the ada2i head"),
+    (["--head", "ada2i", "--preset", "ada2i/nope"], "unknown preset 'ada2i/nope'"),
     (["--head", "mlp", "--features", "text32,nope"], "feature set 'nope'"),
     (["--head", "mlp", "--dataset", "meld"], "dataset 'meld' is not in the store"),
     (["--head", "mlp", "--task", "sentiment"], "no label space 'sentiment'"),

@@ -10,6 +10,7 @@ import pytest
 import torch
 from heads_synth import features_arg, shared_store, small_overrides
 
+from merc.heads.config import head_defaults
 from merc.heads.registry import _MODULES, available_heads, head_class
 from merc.heads.runs import RunRequest, train_run
 
@@ -36,9 +37,11 @@ def run(name: str, store: str, tmp_path, *, epochs: int = 12, tasks: str | None 
     cls = head_or_skip(name)
     path, names = shared_store(store)
     roles = "".join(r for r in "tav" if r in cls.required_roles or r in cls.optional_roles)
+    if head_defaults(cls)["train.batch_unit"] == "utterance":
+        batch_size *= 6  # about as many utterances as `batch_size` dialogues hold (4-10 utterances each)
     req = RunRequest(head=name, store=path, dataset="synth", features=features_arg(names, roles), tasks=tasks,
                      epochs=epochs, batch_size=batch_size, out=str(tmp_path),
-                     overrides={**small_overrides(name), "patience": 4})
+                     overrides={**small_overrides(name), "train.patience": 4})
     return train_run(req)
 
 
@@ -101,7 +104,7 @@ def test_standardisation_lets_heads_read_raw_opensmile_scales(name, tmp_path):
 
     def dev_f1(normalize: str) -> float:
         req = RunRequest(head=name, store=path, dataset="synth", features=f"a={names['a']}", epochs=12, batch_size=8,
-                         out=str(tmp_path / normalize), overrides={**small_overrides(name), "normalize": normalize})
+                         out=str(tmp_path / normalize), overrides={**small_overrides(name), "data.normalize": normalize})
         return train_run(req).metrics["dev"]["emotion"]["weighted_f1"]
 
     z, raw = dev_f1("zscore"), dev_f1("none")
@@ -111,8 +114,8 @@ def test_standardisation_lets_heads_read_raw_opensmile_scales(name, tmp_path):
 def test_mmolre_trains_sentiment_and_emotions_jointly_by_default(tmp_path):
     path, names = shared_store("mosei")
     common = dict(head="mmolre", store=path, dataset="synth", features=features_arg(names, "ta"), epochs=1,
-                  batch_size=8, out=str(tmp_path))
+                  batch_size=48, out=str(tmp_path))
     joint = train_run(RunRequest(**common, overrides=small_overrides("mmolre")))
     assert set(joint.metrics["test"]) == {"sentiment", "emotions"}
-    single = train_run(RunRequest(**common, overrides={**small_overrides("mmolre"), "multitask": "false"}))
+    single = train_run(RunRequest(**common, overrides={**small_overrides("mmolre"), "head.multitask": "false"}))
     assert set(single.metrics["test"]) == {"sentiment"}

@@ -68,13 +68,16 @@ def test_cpu_flag_probe_matches_proc_cpuinfo():
 
 def test_optimizer_settings_overrides_win(planted):
     head = small("mlp", planted)
-    s = optimizer_settings(head, {"lr": 0.5, "optimizer": "Adam", "scheduler": "plateau", "grad_clip": 0})
+    assert optimizer_settings(head)["name"] == "adamw" and optimizer_settings(head)["grad_clip"] == 1.0  # mlp's defaults
+    s = optimizer_settings(head, {"lr": "0.5", "name": "Adam", "scheduler": "plateau", "grad_clip": 0})
     assert s["lr"] == 0.5 and s["name"] == "adam" and s["scheduler"] == "plateau" and s["grad_clip"] is None
     opt = trainer_mod.build_optimizer(head, s)
     assert type(opt) is torch.optim.Adam and opt.param_groups[0]["lr"] == 0.5
     assert isinstance(trainer_mod.build_scheduler(opt, s), torch.optim.lr_scheduler.ReduceLROnPlateau)
     with pytest.raises(HeadsError, match="unknown optimizer"):
         trainer_mod.build_optimizer(head, {**s, "name": "sgdx"})
+    with pytest.raises(HeadsError, match="optim.name must be one of adamw, adam"):
+        optimizer_settings(head, {"name": "sgd"})
 
 
 # -- loop --------------------------------------------------------------------------------------------
@@ -116,10 +119,36 @@ def test_early_stopping_and_best_state_restored(planted):
     assert len(res.history) == 3 and res.best["main"]["epoch"] == 0
 
 
+def test_the_batch_unit_reaches_the_data(planted):
+    """train.batch_unit goes to both batches() and n_batches(): utterance batches of B utterances, T = 1."""
+    from merc.heads.trainer import Callback
+
+    class Count(Callback):
+        def __init__(self):
+            self.announced, self.steps = [], 0
+
+        def on_epoch_start(self, stage, epoch, n_batches):
+            self.announced.append(n_batches)
+
+        def on_step(self, loss):
+            self.steps += 1
+
+    for unit, expected in (("utterance", planted.n_batches("train", 16, unit="utterance")),
+                           ("dialogue", planted.n_batches("train", 16))):
+        count = Count()
+        t = Trainer(small("mlp", planted), planted, TrainConfig(epochs=1, batch_size=16, batch_unit=unit,
+                                                                precision="fp32", device="cpu"), [count])
+        t.fit()
+        assert count.announced == [expected] and count.steps == expected
+        assert t.record_settings()["batch_unit"] == unit
+    assert planted.n_batches("train", 16, unit="utterance") > planted.n_batches("train", 16)
+
+
 class _Recorder(Head):
     """A two-stage head that records the trainer's calls (SUMMER-like teacher/student staging)."""
 
     name = "recorder"
+    defaults = {"optim.name": "adam", "optim.lr": 1e-2, "optim.weight_decay": 0.0, "optim.grad_clip": 1.0}
 
     def __init__(self, dims, tasks):
         super().__init__(None, dims, tasks)
@@ -146,9 +175,6 @@ class _Recorder(Head):
     def after_backward(self, batch, out, epoch):
         grad = self.teacher.weight.grad
         self.calls.append(("after_backward", self.stage, epoch, grad is not None))
-
-    def optimizer_config(self):
-        return {"name": "adam", "lr": 1e-2, "weight_decay": 0.0, "grad_clip": 1.0, "scheduler": None}
 
 
 def test_stages_run_in_order_with_hooks(planted):
@@ -252,12 +278,12 @@ def test_standard_loss_sums_tasks():
 
 @pytest.mark.parametrize("cfg, optim, needles", [
     ({"epochs": 0}, {}, ["--epochs 0", "--epochs must be a whole number >= 1"]),
-    ({"batch_size": 0, "patience": 0}, {}, ["--batch-size 0", "--set patience=0"]),
-    ({"eval_batch_size": -1}, {}, ["--set eval_batch_size=-1"]),
-    ({}, {"lr": float("nan")}, ["--set lr=nan", "lr must be a finite number > 0"]),
-    ({}, {"lr": -1.0, "weight_decay": -1}, ["--set lr=-1.0", "--set weight_decay=-1"]),
-    ({}, {"grad_clip": float("nan")}, ["--set grad_clip=nan"]),
-    ({}, {"lr": float("inf")}, ["--set lr=inf"]),
+    ({"batch_size": 0, "patience": 0}, {}, ["--batch-size 0", "--set train.patience=0"]),
+    ({"eval_batch_size": -1}, {}, ["--set train.eval_batch_size=-1"]),
+    ({}, {"lr": float("nan")}, ["--set optim.lr=nan", "optim.lr must be a finite number > 0"]),
+    ({}, {"lr": -1.0, "weight_decay": -1}, ["--set optim.lr=-1.0", "--set optim.weight_decay=-1"]),
+    ({}, {"grad_clip": float("nan")}, ["--set optim.grad_clip=nan"]),
+    ({}, {"lr": float("inf")}, ["--set optim.lr=inf"]),
 ])
 def test_invalid_settings_fail_when_the_trainer_is_made(planted, cfg, optim, needles):
     with pytest.raises(HeadsError) as info:

@@ -105,7 +105,9 @@ def bench_head(name: str, data, precision: str, budget: float, batch_size: int |
     torch.manual_seed(0)
     head = build_head(name, data.dims, data.tasks)
     n_params = sum(p.numel() for p in head.parameters())
-    bs = batch_size or int(head.optimizer_config().get("batch_size", 16))
+    from merc.heads.config import head_defaults
+
+    bs = batch_size or int(head_defaults(type(head)).get("train.batch_size", 16))
     trainer = Trainer(head, data, TrainConfig(batch_size=bs, precision=precision, device="cpu"))
     head.set_stage(head.stages()[-1])  # the stage that trains the full model (SUMMER: the student)
     opt = build_optimizer(head, trainer.settings)

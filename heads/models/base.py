@@ -94,6 +94,10 @@ class Head(nn.Module):
     optional_roles: ClassVar[tuple[str, ...]] = ROLES
     uses_context: ClassVar[bool] = True  # False for utterance-level heads (MMoLRE, the MLP baseline)
     description: ClassVar[str] = ""
+    # The paper's optimiser and schedule as dotted config keys ("optim.lr", "train.epochs", ...), each with its source
+    # in a comment: the one place these defaults live (heads/config.py layers presets and --set on top). The batch
+    # unit follows `uses_context` unless declared.
+    defaults: ClassVar[dict[str, object]] = {}
 
     def __init__(self, cfg, dims: dict[str, int], tasks: list[TaskSpec]):
         super().__init__()
@@ -119,7 +123,3 @@ class Head(nn.Module):
     def after_backward(self, batch: Batch, out: HeadOutput, epoch: int) -> None:
         """Called after loss.backward() and before the optimiser step (Ada2I gradient modulation)."""
 
-    def optimizer_config(self) -> dict:
-        """Optimiser per the head's spec: {"name": "adamw"|"adam", "lr", "weight_decay", "betas", "eps",
-        "grad_clip", "scheduler": None|"plateau"}. The trainer applies it; CLI --set overrides win."""
-        return {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-2, "grad_clip": 1.0, "scheduler": None}

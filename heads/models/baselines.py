@@ -43,6 +43,10 @@ def concat_roles(batch: Batch, roles: list[str]) -> torch.Tensor:
 
 
 class _StandardLossHead(Head):
+    defaults = {  # [default] merc's baselines: AdamW, lr 1e-3, weight decay 1e-2, clipping 1.0
+        "optim.name": "adamw", "optim.lr": 1e-3, "optim.weight_decay": 1e-2, "optim.grad_clip": 1.0,
+        "train.batch_size": 64,  # [default] utterances per batch (the utterance baselines)
+    }
     """Shared bits: the role order and the standard multi-task loss."""
 
     def __init__(self, cfg, dims: dict[str, int], tasks: list[TaskSpec]):
@@ -52,9 +56,6 @@ class _StandardLossHead(Head):
     def loss(self, batch: Batch, out: HeadOutput, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         return standard_loss(self.tasks, batch, out, regression=self.cfg.regression_loss)
 
-    def optimizer_config(self) -> dict:
-        return {"name": "adamw", "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay, "grad_clip": 1.0,
-                "scheduler": None}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -65,8 +66,6 @@ class MLPConfig:
     layers: int = 2
     dropout: float = 0.3
     input_dropout: float = 0.1
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
     regression_loss: str = "l1"  # l1 | mse
 
 
@@ -98,8 +97,6 @@ class LateFusionConfig:
     layers: int = 2
     dropout: float = 0.3
     input_dropout: float = 0.1
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
     regression_loss: str = "l1"
 
 
@@ -142,8 +139,6 @@ class DialogueGRUConfig:
     input_dropout: float = 0.1
     speaker_embedding: bool = False  # add a learned embedding of the speaker index (order of first appearance)
     max_speakers: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
     regression_loss: str = "l1"
 
 
@@ -155,6 +150,9 @@ class DialogueGRU(_StandardLossHead):
     config_cls = DialogueGRUConfig
     uses_context = True
     description = "bidirectional GRU over the dialogue's utterances (concatenated modalities)"
+    defaults = {  # [default] merc's baselines: AdamW, lr 1e-3, weight decay 1e-2, clipping 1.0; 16 dialogues a batch
+        "optim.name": "adamw", "optim.lr": 1e-3, "optim.weight_decay": 1e-2, "optim.grad_clip": 1.0,
+    }
 
     def __init__(self, cfg: DialogueGRUConfig, dims: dict[str, int], tasks: list[TaskSpec]):
         super().__init__(cfg, dims, tasks)

@@ -26,16 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import focal_loss, supcon_loss, symmetric_kl
 from ..registry import register_head
-from ._common import (
-    focal_loss,
-    key_padding,
-    primary_categorical,
-    run_gru,
-    supcon_loss,
-    symmetric_kl,
-    zero_pads,
-)
+from ._common import key_padding, primary_categorical, run_gru, zero_pads
 from .base import Batch, Head, HeadOutput, TaskSpec
 
 EXPERTS = ("speech", "text", "fusion")
@@ -62,10 +55,6 @@ class MisterEConfig:
     supcon_temperature: float = 1.0  # tau
     kl_weight: float = 0.1  # lambda
     parity: bool = False  # True: no padding masks anywhere and pads counted in the losses, as the released code
-    # optimiser (train_moe.py): Adam, lr 1e-5, no weight decay, grad-norm clip 1.0. lr 1e-5 is tiny; --set lr=...
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
 
 
 # -- the context experts (code: GRUModel) ----------------------------------------------------------------
@@ -160,6 +149,15 @@ class MisterE(Head):
     optional_roles = ()
     uses_context = True
     description = "MiSTER-E: speech/text context experts + co-attention fusion expert, gated mixture of logits"
+    defaults = {
+        "optim.name": "adam",  # [code] train_moe.py: Adam (spec 1.4)
+        "optim.lr": 1e-5,  # [code] train_moe.py: base_lr (spec 1.4)
+        "optim.weight_decay": 0.0,  # [code] no weight decay (spec 1.4)
+        "optim.grad_clip": 1.0,  # [code] clip_grad_norm_(..., 1) (spec 1.4)
+        "train.epochs": 100,  # [code] train_moe.py: 100 epochs (spec 1.4)
+        "train.batch_size": 8,  # [code] train loader of 8 dialogues (spec 1.4)
+        "train.patience": 10,  # [default] spec 1.7: the code has no early stopping; patience 10 on the dev split
+    }
 
     def __init__(self, cfg: MisterEConfig, dims: dict[str, int], tasks: list[TaskSpec]):
         super().__init__(cfg, dims, tasks)
@@ -214,9 +212,9 @@ class MisterE(Head):
         z_btec = out.aux["expert_logits"]
         experts = [z_btec[:, :, e] for e in range(z_btec.shape[2])]
 
-        focal = focal_loss(out.logits[self.task.name], y_bt, cfg.focal_gamma, count_pads=cfg.parity)
+        focal = focal_loss(out.logits[self.task.name], y_bt, gamma=cfg.focal_gamma, count_pads=cfg.parity)
         for z_btc in experts:
-            focal = focal + focal_loss(z_btc, y_bt, cfg.focal_gamma, count_pads=cfg.parity)
+            focal = focal + focal_loss(z_btc, y_bt, gamma=cfg.focal_gamma, count_pads=cfg.parity)
 
         supcon = z_btec.new_zeros(())
         if self.fusion is not None and cfg.supcon_weight:
@@ -234,10 +232,6 @@ class MisterE(Head):
         total = focal + cfg.supcon_weight * supcon + cfg.kl_weight * kl
         return total, {"focal": focal.item(), "supcon": supcon.item(), "kl": kl.item()}
 
-    def optimizer_config(self) -> dict:
-        cfg = self.cfg
-        return {"name": "adam", "lr": cfg.lr, "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip,
-                "scheduler": None}
 
 
 # -- closed-form parameter counts (checked by tests/test_head_mister_e.py) --------------------------------------

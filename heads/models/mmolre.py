@@ -6,8 +6,10 @@ sequences: text tokens and audio frames of every real utterance of the batch are
 
     input     x_m [n, L_m, D_m] -> Linear(D_m -> d) when D_m != d; duplicated per task: x^tau = x^m
     UniTSE    2 blocks per modality; per block and task tau:
-                h^tau = sum_{n in top-k} g_tau,n f_sh^n(x^tau) + f_ts^tau(x^tau);  x^tau <- x^tau + h^tau
-                f_sh^n: N shared low-rank experts Conv1d(d -> r, k=3) -> Conv1d(r -> d, k=1) (no nonlinearity)
+                h^tau = sum_{n in top-k} g_tau,n f_sh^n(x^tau) + f_ts^tau(x^tau); x^tau <- h^tau   [paper]
+                (Eq. 1; residual=True: x^tau <- x^tau + h^tau, the spec's [default], not in Eq. 1)
+                f_sh^n: N shared low-rank experts Conv1d(d -> r_n, k=3) -> Conv1d(r_n -> d, k=1), linear;
+                  `rank`: one r for all, or N ranks, one per expert (Table III's {16 + 8n}: 16, 24, ..., 128)
                 f_ts^tau: the task's own expert, same structure with rank 128
                 g_tau = top-k(softmax(masked-GAP_L(Conv1d(d/4 -> N)(ReLU(Conv1d(d -> d/4)(x^tau)))))), no renormalisation
     fusion    per task, MMML's cross-modal encoder: [CLS] prepended to each modality, 5 layers of
@@ -16,18 +18,28 @@ sequences: text tokens and audio frames of every real utterance of the batch are
     output    per task: Dropout(0.3) -> Linear(2d -> d) -> ReLU -> Linear(d -> 512) -> ReLU -> Linear(512 -> out)
 
 Loss: sum over tasks of the task loss: MAE for sentiment regression, BCE-with-logits for multi-label emotions,
-CE for a categorical task. `fusion="pre"` is the paper's pre-fusion ablation: one shared cross-modal encoder on the
-input sequences first, then UniTSE on the fused sequences, reading each task's [CLS] positions. `multitask=False`
-trains and predicts the primary task only. Pads (utterances and frames) never change a real utterance's output:
-frames are zeroed before every convolution, the router pools over real frames and attention masks pad keys.
+CE for a categorical task. `multitask=False` trains and predicts the primary task only. Pads (utterances and
+frames) never change a real utterance's output: frames are zeroed before every convolution, the router pools
+over real frames and attention masks pad keys.
 
-The low-rank experts are stored as one Conv1d(d -> N*r, k=3) and one [d, N*r] up-projection with N biases, which
-is parameter-for-parameter N separate experts (see `low_rank_expert_params`), and lets the gated sum run as one
-matmul: sum_e g_e (W_e h_e + b_e) = W_up (g * h) + g b.
+Ablations (`ablation`). The paper's Table II has a "Pre-fusion variant" row and no text we could read says
+more (spec 3.7); our reading [default] names where the tasks part ways relative to fusion, UniTSE removed:
+    none         the model: UniTSE per modality, then one fusion network per task
+    pre_fusion   no UniTSE: the tasks part *before* fusion; one fusion network per task reads the encoder
+                 features directly (so the row measures what UniTSE adds)
+    post_fusion  no UniTSE: the tasks part *after* fusion; one shared fusion network, then the per-task output
+                 layers (hard parameter sharing, the MTL baseline the paper argues against)
+With a single task the two ablations are the same network.
+
+The low-rank experts are stored as one Conv1d(d -> sum_n r_n, k=3) and one [d, sum_n r_n] up-projection with
+N biases, which is parameter-for-parameter N separate experts of ranks r_n (see `low_rank_expert_params`), and
+lets the gated sum run as one matmul, for equal and mixed ranks alike:
+sum_e g_e (W_e h_e + b_e) = W_up (g * h) + g b, with each gate spread over its expert's r_e channels.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -35,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import task_loss
 from ..registry import register_head
-from ._common import task_loss
 from .base import FRAMES, Batch, Head, HeadOutput, TaskSpec
 
 
@@ -44,46 +56,74 @@ from .base import FRAMES, Batch, Head, HeadOutput, TaskSpec
 class MMoLREConfig:
     d_model: int = 768  # inputs of another width are projected to it
     experts: int = 15  # N shared low-rank experts per UniTSE block
-    rank: int = 64  # r_n of the shared experts (CMU-MOSI; CMU-MOSEI used 128)
+    # r_n of the shared experts: one int for all (CMU-MOSI 64; CMU-MOSEI 128), or N ints, one per expert
+    rank: int | tuple[int, ...] = 64
     top_k: int = 11  # active shared experts per task and utterance (MOSI; MOSEI used 8)
     task_rank: int = 128  # r_tau of the task-specific expert
     task_expert: bool = True
     unitse_blocks: int = 2
-    fusion: str = "post"  # post: UniTSE then per-task fusion (the model) | pre: fusion first (the ablation)
+    residual: bool = False  # x^tau + h^tau after each UniTSE block; Eq. 1 has none [paper]
+    # none | pre_fusion (no UniTSE, per-task fusion) | post_fusion (no UniTSE, one shared fusion) [default]
+    ablation: str = "none"
     multitask: bool = True  # False: the primary task only
     fusion_layers: int = 5
     heads: int = 12
     ffn_dim: int = 3072
     dropout: float = 0.3  # attention probabilities, sublayer outputs and the output MLP (MMML's BertConfig)
     mlp_hidden: int = 512
-    # optimiser: AdamW lr 1e-5 (paper); weight decay torch's default 0.01 and no clipping [default]
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    grad_clip: float = 0.0  # <= 0: off
+
+
+ABLATIONS = ("none", "pre_fusion", "post_fusion")
 
 
 # -- UniTSE: unimodal task-specific feature extraction -----------------------------------------------------------
 
 
-class LowRankExperts(nn.Module):
-    """n experts Conv1d(d -> r, k=3) -> Conv1d(r -> d, k=1), run together; forward returns sum_e g_e f_e(x)."""
+def shared_ranks(cfg: MMoLREConfig) -> tuple[int, ...]:
+    """r_n of the N shared experts: `rank` as one int for all of them, or a sequence of N ints."""
+    if isinstance(cfg.rank, int):
+        ranks = (cfg.rank,) * cfg.experts
+    else:  # a tuple, or the list that head_config.json gives back
+        ranks = tuple(int(r) for r in cfg.rank)
+        if len(ranks) != cfg.experts:
+            raise ValueError(f"mmolre: rank lists {len(ranks)} ranks for experts={cfg.experts}; give one int "
+                             f"for every expert or exactly {cfg.experts} ranks, one per shared expert")
+    if not ranks or min(ranks) < 1:
+        raise ValueError(f"mmolre: ranks must be >= 1, got rank={cfg.rank!r} with experts={cfg.experts}")
+    return ranks
 
-    def __init__(self, d: int, n: int, r: int):
+
+class LowRankExperts(nn.Module):
+    """Experts e = 1..n, each Conv1d(d -> r_e, k=3) -> Conv1d(r_e -> d, k=1), run together: sum_e g_e f_e(x).
+
+    Expert e owns the bottleneck channels offset_e .. offset_e + r_e - 1 of `down` and the same columns of
+    `up_weight`, so mixed ranks cost one convolution and one matmul, exactly like equal ones (no padding)."""
+
+    def __init__(self, d: int, ranks: tuple[int, ...]):
         super().__init__()
-        self.n, self.r = n, r
-        self.down = nn.Conv1d(d, n * r, kernel_size=3, padding=1)  # expert e owns output channels e*r .. e*r+r-1
-        self.up_weight = nn.Parameter(torch.empty(d, n * r))  # expert e's Conv1d(r -> d, k=1) is columns e*r ..
-        self.up_bias = nn.Parameter(torch.empty(n, d))
-        bound = 1 / math.sqrt(r)  # nn.Conv1d's default init for fan_in = r
-        nn.init.uniform_(self.up_weight, -bound, bound)
-        nn.init.uniform_(self.up_bias, -bound, bound)
+        self.ranks = tuple(ranks)
+        k = sum(self.ranks)
+        self.down = nn.Conv1d(d, k, kernel_size=3, padding=1)
+        self.up_weight = nn.Parameter(torch.empty(d, k))
+        self.up_bias = nn.Parameter(torch.empty(len(self.ranks), d))
+        channel_expert_k = torch.tensor([e for e, r in enumerate(self.ranks) for _ in range(r)])
+        self.register_buffer("channel_expert", channel_expert_k, persistent=False)  # gate index per channel
+        # nn.Conv1d's default init of each expert's up-projection (fan_in = r_e), one draw per run of equal
+        # ranks, so equal ranks draw exactly what a single [d, N r] draw gives
+        e0 = c0 = 0
+        for r, run in itertools.groupby(self.ranks):
+            n_run = len(list(run))
+            bound = 1 / math.sqrt(r)
+            nn.init.uniform_(self.up_weight[:, c0 : c0 + n_run * r], -bound, bound)
+            nn.init.uniform_(self.up_bias[e0 : e0 + n_run], -bound, bound)
+            e0, c0 = e0 + n_run, c0 + n_run * r
 
     def forward(self, x_ndl: torch.Tensor, g_ne: torch.Tensor | None = None) -> torch.Tensor:
-        h_nkl = self.down(x_ndl)  # [n_utt, n*r, L]
+        h_nkl = self.down(x_ndl)  # [n_utt, sum_e r_e, L]
         if g_ne is None:  # every expert with weight 1
             bias_nd = self.up_bias.sum(dim=0).expand(x_ndl.shape[0], -1)
         else:
-            h_nkl = h_nkl * g_ne.repeat_interleave(self.r, dim=1).unsqueeze(-1)
+            h_nkl = h_nkl * g_ne.index_select(1, self.channel_expert).unsqueeze(-1)
             bias_nd = g_ne @ self.up_bias
         return torch.einsum("dk,nkl->ndl", self.up_weight, h_nkl) + bias_nd.unsqueeze(-1)
 
@@ -110,9 +150,10 @@ class UniTSEBlock(nn.Module):
 
     def __init__(self, d: int, cfg: MMoLREConfig, n_tasks: int):
         super().__init__()
-        self.top_k = cfg.top_k
-        self.shared = LowRankExperts(d, cfg.experts, cfg.rank)
-        self.task_experts = nn.ModuleList([LowRankExperts(d, 1, cfg.task_rank) for _ in range(n_tasks)]) if cfg.task_expert else None
+        self.top_k, self.residual = cfg.top_k, cfg.residual
+        self.shared = LowRankExperts(d, shared_ranks(cfg))
+        self.task_experts = (nn.ModuleList([LowRankExperts(d, (cfg.task_rank,)) for _ in range(n_tasks)])
+                             if cfg.task_expert else None)
         self.routers = nn.ModuleList([Router(d, cfg.experts) for _ in range(n_tasks)])
 
     def forward(self, xs_ndl: list[torch.Tensor], mask_nl: torch.Tensor):
@@ -124,7 +165,7 @@ class UniTSEBlock(nn.Module):
             h_ndl = self.shared(x_ndl, g_ne)
             if self.task_experts is not None:
                 h_ndl = h_ndl + self.task_experts[tau](x_ndl)
-            outs.append(x_ndl + h_ndl)
+            outs.append(x_ndl + h_ndl if self.residual else h_ndl)
             gates.append(g_ne)
         return outs, gates
 
@@ -227,6 +268,18 @@ class MMoLRE(Head):
     optional_roles = ()
     uses_context = False
     description = "MMoLRE: per-task low-rank expert mixtures on token/frame sequences + per-task cross-modal encoder (MSA + MER)"
+    defaults = {
+        "optim.name": "adamw",  # [paper] spec 3.4
+        "optim.lr": 1e-5,  # [paper] spec 3.4
+        "optim.weight_decay": 0.01,  # [default] torch AdamW's default; the paper gives none
+        "optim.grad_clip": None,  # [default] none mentioned
+        "train.epochs": 20,  # [default] spec 3.4: MMML's maximum epochs
+        "train.batch_size": 8,  # [paper] spec 3.4: batch 8 (segments)
+        "train.batch_unit": "utterance",  # [paper] spec 3.1: utterance-level model, no dialogue context
+        "train.patience": 8,  # [paper] spec 3.4: early stopping patience 8
+        "data.max_frames.t": 64,  # [code] MMML: text max 64 tokens (spec 3.1)
+        "data.max_frames.a": 299,  # [code] MMML: audio cut to 96 000 samples, ~299 frames (spec 3.1)
+    }
 
     @staticmethod
     def default_tasks(cfg: MMoLREConfig) -> str | None:
@@ -235,8 +288,9 @@ class MMoLRE(Head):
 
     def __init__(self, cfg: MMoLREConfig, dims: dict[str, int], tasks: list[TaskSpec]):
         super().__init__(cfg, dims, tasks)
-        if cfg.fusion not in ("post", "pre"):
-            raise ValueError(f"mmolre: fusion must be post or pre, got {cfg.fusion!r}")
+        if cfg.ablation not in ABLATIONS:
+            raise ValueError(f"mmolre: ablation must be one of {', '.join(ABLATIONS)}; got {cfg.ablation!r}")
+        shared_ranks(cfg)  # checks `rank` against `experts` before anything is built
         if not tasks:
             raise ValueError("mmolre needs at least one task")
         if not cfg.multitask and len(tasks) > 1:
@@ -246,8 +300,9 @@ class MMoLRE(Head):
         self.proj = nn.ModuleDict({r: nn.Linear(dims[r], d) if dims[r] != d else nn.Identity() for r in ("t", "a")})
         self.unitse = nn.ModuleDict({
             r: nn.ModuleList([UniTSEBlock(d, cfg, n_tasks) for _ in range(cfg.unitse_blocks)]) for r in ("t", "a")
-        })
-        self.fusion = nn.ModuleList([CrossModalEncoder(cfg) for _ in range(n_tasks if cfg.fusion == "post" else 1)])
+        }) if cfg.ablation == "none" else None
+        n_fusion = 1 if cfg.ablation == "post_fusion" else n_tasks
+        self.fusion = nn.ModuleList([CrossModalEncoder(cfg) for _ in range(n_fusion)])
         self.out = nn.ModuleDict({t.name: output_mlp(cfg, t.out_dim) for t in tasks})
 
     def _unitse(self, role: str, x_ndl: torch.Tensor, mask_nl: torch.Tensor, aux: dict) -> list[torch.Tensor]:
@@ -267,17 +322,17 @@ class MMoLRE(Head):
             m[r] = m_btl[sel_bt]
         aux: dict[str, torch.Tensor] = {}
 
-        reps = []  # per task: [n, 2d]
-        if self.cfg.fusion == "post":
-            streams = {r: self._unitse(r, x[r].transpose(1, 2), m[r], aux) for r in ("t", "a")}
-            for tau, fusion in enumerate(self.fusion):
-                t, _, a, _ = fusion(streams["t"][tau].transpose(1, 2), m["t"], streams["a"][tau].transpose(1, 2), m["a"])
-                reps.append(torch.cat([t[:, 0], a[:, 0]], dim=-1))
-        else:
-            t, m_t, a, m_a = self.fusion[0](x["t"], m["t"], x["a"], m["a"])
-            s_t = self._unitse("t", t.transpose(1, 2), m_t, aux)
-            s_a = self._unitse("a", a.transpose(1, 2), m_a, aux)
-            reps = [torch.cat([s_t[tau][:, :, 0], s_a[tau][:, :, 0]], dim=-1) for tau in range(len(self.tasks))]
+        if self.unitse is not None:  # per modality, one stream per task: [n, L, d] each
+            streams = {r: [s.transpose(1, 2) for s in self._unitse(r, x[r].transpose(1, 2), m[r], aux)]
+                       for r in ("t", "a")}
+        else:  # the ablations: every task reads the encoder features
+            streams = {r: [x[r]] * len(self.tasks) for r in ("t", "a")}
+        reps = []  # per fusion network: [n, 2d]
+        for tau, fusion in enumerate(self.fusion):
+            t, _, a, _ = fusion(streams["t"][tau], m["t"], streams["a"][tau], m["a"])
+            reps.append(torch.cat([t[:, 0], a[:, 0]], dim=-1))
+        if len(reps) < len(self.tasks):  # post_fusion: one fusion network shared by every task's output layer
+            reps = reps * len(self.tasks)
 
         logits = {}
         for task, rep in zip(self.tasks, reps, strict=True):
@@ -292,10 +347,6 @@ class MMoLRE(Head):
         total = sum(terms.values())
         return total, {k: v.item() for k, v in terms.items()}
 
-    def optimizer_config(self) -> dict:
-        cfg = self.cfg
-        return {"name": "adamw", "lr": cfg.lr, "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip,
-                "scheduler": None}
 
 
 # -- closed-form parameter counts (checked by tests/test_head_mmolre.py) --------------------------------------
@@ -311,16 +362,21 @@ def router_params(d: int, n_experts: int) -> int:
     return (d * q + q) + (q * n_experts + n_experts)
 
 
+def shared_experts_params(d: int, ranks: tuple[int, ...]) -> int:
+    """The N shared experts of one block: sum_n [r_n (3d + d + 1) + d] = sum_n r_n (4d + 1) + N d."""
+    return sum(low_rank_expert_params(d, r) for r in ranks)
+
+
 def unitse_block_params(cfg: MMoLREConfig, d: int, n_tasks: int, full_rank: bool = False) -> int:
     """One UniTSE block of one modality; full_rank=True: the same block with rank-d experts (a full-rank MoE)."""
-    rank, task_rank = (d, d) if full_rank else (cfg.rank, cfg.task_rank)
+    ranks, task_rank = ((d,) * cfg.experts, d) if full_rank else (shared_ranks(cfg), cfg.task_rank)
     task = (low_rank_expert_params(d, task_rank) if cfg.task_expert else 0) + router_params(d, cfg.experts)
-    return cfg.experts * low_rank_expert_params(d, rank) + n_tasks * task
+    return shared_experts_params(d, ranks) + n_tasks * task
 
 
 def shared_experts_ratio(cfg: MMoLREConfig, d: int) -> float:
-    """Parameters of the N shared experts at full rank / at rank r (the experts part of the x5.7 claim)."""
-    return low_rank_expert_params(d, d) / low_rank_expert_params(d, cfg.rank)
+    """Parameters of the N shared experts at full rank / at their ranks r_n (the experts' share of x5.7)."""
+    return shared_experts_params(d, (d,) * cfg.experts) / shared_experts_params(d, shared_ranks(cfg))
 
 
 def cme_layer_params(d: int, ffn: int) -> int:
@@ -336,10 +392,12 @@ def param_count_formula(cfg: MMoLREConfig, d: int | None = None, out_dims: tuple
     d = d or cfg.d_model
     n_tasks = len(out_dims)
     input_dims = input_dims or {"t": d, "a": d}
+    n_unitse = 2 * cfg.unitse_blocks if cfg.ablation == "none" else 0  # blocks over both modalities
+    n_fusion = 1 if cfg.ablation == "post_fusion" else n_tasks
     parts = {
         "projection": sum(D * d + d for D in input_dims.values() if D != d),
-        "unitse": 2 * cfg.unitse_blocks * unitse_block_params(cfg, d, n_tasks),
-        "fusion": (n_tasks if cfg.fusion == "post" else 1) * (2 * d + cfg.fusion_layers * cme_layer_params(d, cfg.ffn_dim)),
+        "unitse": n_unitse * unitse_block_params(cfg, d, n_tasks),
+        "fusion": n_fusion * (2 * d + cfg.fusion_layers * cme_layer_params(d, cfg.ffn_dim)),
         "output": sum((2 * d * d + d) + (d * cfg.mlp_hidden + cfg.mlp_hidden) + (cfg.mlp_hidden * o + o) for o in out_dims),
     }
     parts["total"] = sum(parts.values())

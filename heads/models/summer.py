@@ -7,8 +7,9 @@ the roles t, a, v of a dialogue, with speaker identity. Two models, trained one 
 
     input    U_m = Linear(d_m -> d, no bias)(X_m) + speaker embedding + sinusoidal position     (SDT, Eq. 1)
     SDMoE    per modality: A = self-attention block(U_m) (SDT's intra-modal transformer)
-             l = W_g A;  keep expert e iff |l_e - mean(l)| < 2 std(l)  (over the n experts of the utterance)
-             w = GumbelSoftmax(l masked, tau) in training, softmax(l masked) in eval
+             l = W_g A;  switch expert e off at an utterance iff |l_e - mu| > 2 sigma, mu and sigma over all
+               the router logits of the dialogue [default; SDMoE.route says why], the top expert always kept
+             w = GumbelSoftmax(l masked, tau) in training, softmax(l masked) in eval; sdmoe=false: softmax(l)
              H_m = LayerNorm(A + sum_e w_e BiGRU_e(A))                          n = 4 BiGRUs of d/2 per direction
     teacher  SDMoE(U_t) -> Linear(d -> C)                                       trained first with CE, then frozen
     HCMF     level 1: cross-attention block for every ordered pair (q, k): query H_q, keys/values H_k
@@ -19,9 +20,13 @@ the roles t, a, v of a dialogue, with speaker identity. Two models, trained one 
              level 3: global MoE: x = Linear(M d -> d)(concat_q F_q);  y = LayerNorm(x + sum_e softmax(W x)_e FFN_e(x))
     output   Linear(d -> C)(y)
 
-Loss, teacher stage: CE of the teacher. Student stage (IKD, all kappa = 1, 0 disables a term):
-    CE(student) + k1 KL(softmax(z_T/T) || softmax(z_S/T)) T^2 + k2 mean_m CE(teacher classifier(adapter(F_m)))
-    + k3 label-smoothed CE(student, eps 0.1) + k4 MSE(adapter(H_t student), H_t teacher)
+Loss, teacher stage: CE of the teacher. Student stage (all kappa = 1 [default], 0 disables a term):
+    L_IKD = k1 KL(softmax(z_T/T) || softmax(z_S/T)) T^2 + k2 mean_m CE(teacher classifier(adapter(F_m)))
+            + k3 label-smoothed CE(student, eps 0.1)                         [paper: the seed TL;DR's formula]
+    L     = L_IKD + k4 MSE(adapter(H_t student), H_t teacher)                 [review: the inner-feature MSE]
+L_smooth is the student's task loss, so there is no separate plain CE (`ce_weight`, default 0; the spec's
+"Total [default]" has one on top, which counts the same NLL twice). Both stages also report `sdmoe_off`, the
+share of (utterance, expert) routing slots that the stage's own SDMoE modules switched off, for the log.
 
 The teacher's classifier is applied with its weights detached (gradients reach the student features only), and
 the teacher runs under no_grad in eval mode, so nothing can move it in the student stage. Padding: attention masks
@@ -38,17 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import kd_loss, masked_cross_entropy, masked_mean
 from ..registry import register_head
-from ._common import (
-    cross_entropy,
-    kd_loss,
-    key_padding,
-    label_smoothed_ce,
-    masked_mean,
-    primary_categorical,
-    run_gru,
-    sinusoidal_positions,
-)
+from ._common import key_padding, primary_categorical, run_gru, sinusoidal_positions
 from .base import Batch, Head, HeadOutput, TaskSpec
 
 ROLE_ORDER = ("t", "a", "v")
@@ -64,9 +61,9 @@ class SummerConfig:
     max_speakers: int = 16  # speaker embedding rows; speakers past the last share it
     n_experts: int = 4  # BiGRU experts per SDMoE
     expert_hidden: int = 0  # per direction; 0 -> d_model // 2
-    sdmoe: bool = True  # False: a plain dense softmax MoE (no threshold, no Gumbel)
+    sdmoe: bool = True  # False: a plain dense softmax MoE (no threshold, no Gumbel): Table 4's "plain MoE"
     gumbel_tau: float = 1.0
-    threshold_sigmas: float = 2.0  # experts outside mean +- k std of the router logits are switched off
+    threshold_sigmas: float = 2.0  # logits outside mean +- k std of the dialogue's router logits: off
     global_experts: int = 4  # FFN experts of the HCMF global MoE
     dyn_attn: bool = True  # teacher-guided attention masking of the cross-modal maps with a teacher-modality query
     dyn_phi: float = 0.5
@@ -74,16 +71,15 @@ class SummerConfig:
     teacher_modality: str = "t"  # the unimodal teacher (the paper's best is text; a or v for its Table 3)
     teacher_d_model: int = 0  # 0 -> d_model; otherwise Linear adapters map student features to the teacher width
     kd_temperature: float = 1.0  # SDT: 1 on IEMOCAP, 8 on MELD
-    ce_weight: float = 1.0
+    # Student loss: the paper's L_IKD (k1..k3) + the reviewers' feature MSE (k4). L_smooth is the student's
+    # task loss, so no plain CE by default [paper]: the spec's "Total [default]" adds CE to L_smooth, which
+    # counts the same NLL twice ((2 - eps) NLL). ce_weight=1 restores that total.
+    ce_weight: float = 0.0
     kd_weight: float = 1.0  # kappa_1, logit KD
     align_weight: float = 1.0  # kappa_2, label alignment through the frozen teacher classifier
     smooth_weight: float = 1.0  # kappa_3, label-smoothed CE
     mse_weight: float = 1.0  # kappa_4, inner-feature MSE
-    label_smoothing: float = 0.1
-    # optimiser (SDT): Adam, lr 1e-4 (IEMOCAP; MELD 5e-6), weight decay 1e-5, no clipping
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    grad_clip: float = 0.0  # <= 0: off
+    label_smoothing: float = 0.1  # eps of L_smooth [default]
 
 
 # -- attention blocks -----------------------------------------------------------------------------------------
@@ -174,26 +170,39 @@ class SDMoE(nn.Module):
         self.expert_out = nn.Linear(2 * eh, d) if 2 * eh != d else nn.Identity()
         self.norm = nn.LayerNorm(d)
 
-    def route(self, logits_bte: torch.Tensor) -> torch.Tensor:
+    def route(self, logits_bte: torch.Tensor, mask_bt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (expert weights [B, T, E], switched off [B, T, E] bool, True only at real utterances).
+
+        mu and sigma are those of all the router logits of the dialogue (real utterances x experts) [default].
+        Over an utterance's own n logits, |l_e - mu| <= sqrt(n - 1) sigma always holds (Samuelson), so at the
+        default n = 4 a 2-sigma band could never switch an expert off. Over the dialogue's n T logits it binds
+        (T >= 2) with the paper's 2 sigma kept, which also keeps the paper's expected sparsity (about 5 % of
+        Gaussian logits fall outside 2 sigma). An utterance's routing depends on its own dialogue only, never
+        on the rest of the batch, and eval is deterministic. The top expert of an utterance is never switched
+        off, so its weights always sum to 1."""
         cfg = self.cfg
         logits_bte = logits_bte.float()
-        if not cfg.sdmoe:
-            return F.softmax(logits_bte, dim=-1)
-        mu = logits_bte.mean(dim=-1, keepdim=True)
-        sigma = logits_bte.std(dim=-1, unbiased=False, keepdim=True)
-        keep = (logits_bte - mu).abs() < cfg.threshold_sigmas * sigma
-        keep = keep | (logits_bte == logits_bte.amax(dim=-1, keepdim=True))  # never switch every expert off
-        logits_bte = logits_bte.masked_fill(~keep, float("-inf"))
+        if not cfg.sdmoe:  # a plain dense softmax MoE
+            return F.softmax(logits_bte, dim=-1), torch.zeros_like(logits_bte, dtype=torch.bool)
+        real_bte = mask_bt.unsqueeze(-1).expand_as(logits_bte)
+        zero = torch.zeros((), dtype=logits_bte.dtype, device=logits_bte.device)
+        n_b11 = real_bte.sum(dim=(1, 2), keepdim=True).clamp(min=1)
+        mu_b11 = torch.where(real_bte, logits_bte, zero).sum(dim=(1, 2), keepdim=True) / n_b11
+        dev_bte = logits_bte - mu_b11
+        sigma_b11 = (torch.where(real_bte, dev_bte**2, zero).sum(dim=(1, 2), keepdim=True) / n_b11).sqrt()
+        off_bte = (dev_bte.abs() > cfg.threshold_sigmas * sigma_b11) & real_bte
+        off_bte = off_bte & (logits_bte < logits_bte.amax(dim=-1, keepdim=True))
+        logits_bte = logits_bte.masked_fill(off_bte, float("-inf"))
         if self.training:
-            return F.gumbel_softmax(logits_bte, tau=cfg.gumbel_tau, hard=False, dim=-1)
-        return F.softmax(logits_bte, dim=-1)
+            return F.gumbel_softmax(logits_bte, tau=cfg.gumbel_tau, hard=False, dim=-1), off_bte
+        return F.softmax(logits_bte, dim=-1), off_bte
 
     def forward(self, x_btd, mask_bt, pad_bt):
         a_btd, p_bhtt = self.block(x_btd, x_btd, pad_bt)
-        w_bte = self.route(self.router(a_btd)).to(a_btd.dtype)
+        w_bte, off_bte = self.route(self.router(a_btd), mask_bt)
         e_bted = torch.stack([self.expert_out(run_gru(gru, a_btd, mask_bt)) for gru in self.experts], dim=2)
-        h_btd = self.norm(a_btd + (w_bte.unsqueeze(-1) * e_bted).sum(dim=2))
-        return h_btd, p_bhtt, w_bte
+        h_btd = self.norm(a_btd + (w_bte.to(a_btd.dtype).unsqueeze(-1) * e_bted).sum(dim=2))
+        return h_btd, p_bhtt, off_bte
 
 
 # -- teacher and student ------------------------------------------------------------------------------------
@@ -209,8 +218,9 @@ class Teacher(nn.Module):
         self.classifier = nn.Linear(d, n_classes)
 
     def forward(self, x_btd, speakers_bt, mask_bt, pad_bt):
-        h_btd, p_bhtt, _ = self.sdmoe(self.embed(x_btd, speakers_bt), mask_bt, pad_bt)
-        return h_btd, self.classifier(h_btd), p_bhtt
+        """-> features H [B, T, d], logits [B, T, C], self-attention map, SDMoE's switched-off experts."""
+        h_btd, p_bhtt, off_bte = self.sdmoe(self.embed(x_btd, speakers_bt), mask_bt, pad_bt)
+        return h_btd, self.classifier(h_btd), p_bhtt, off_bte
 
 
 class Student(nn.Module):
@@ -237,12 +247,14 @@ class Student(nn.Module):
         self.classifier = nn.Linear(d, n_classes)
 
     def forward(self, batch: Batch, mask_bt, pad_bt, teacher_attn: torch.Tensor | None = None):
-        """-> logits, level-2 features F_m, SDMoE features H_m. With the teacher's self-attention map, cross-attention
-        maps whose query is the teacher modality are guided by DynAttn."""
+        """-> logits, level-2 features F_m, SDMoE features H_m, SDMoE's switched-off experts per modality.
+        With the teacher's self-attention map, cross-attention maps whose query is the teacher modality are
+        guided by DynAttn."""
         cfg = self.cfg
-        h, self_attn = {}, {}
+        h, self_attn, off = {}, {}, {}
         for r in self.roles:
-            h[r], self_attn[r], _ = self.sdmoe[r](self.embed[r](batch.feats[r], batch.speakers), mask_bt, pad_bt)
+            u_btd = self.embed[r](batch.feats[r], batch.speakers)
+            h[r], self_attn[r], off[r] = self.sdmoe[r](u_btd, mask_bt, pad_bt)
         guides = {}
         if teacher_attn is not None:
             tm = cfg.teacher_modality
@@ -255,7 +267,13 @@ class Student(nn.Module):
         x_btd = self.mix(torch.cat([fused[r] for r in self.roles], dim=-1))
         g_bte = F.softmax(self.global_router(x_btd), dim=-1)
         y_btd = self.norm3(x_btd + sum(g_bte[..., e : e + 1] * ex(x_btd) for e, ex in enumerate(self.global_experts)))
-        return self.classifier(y_btd), fused, h
+        return self.classifier(y_btd), fused, h, off
+
+
+def deactivated_fraction(off_list: list[torch.Tensor], mask_bt: torch.Tensor) -> torch.Tensor:
+    """Share of the (real utterance, expert) routing slots that the given SDMoE modules switched off."""
+    slots = mask_bt.sum() * sum(o.shape[-1] for o in off_list)
+    return sum(o.sum() for o in off_list).float() / slots.clamp(min=1)
 
 
 # -- the head ---------------------------------------------------------------------------------------------
@@ -268,6 +286,15 @@ class Summer(Head):
     required_roles = ()
     uses_context = True
     description = "SUMMER (reconstruction): SDMoE encoders + hierarchical cross-modal fusion, distilled from a frozen unimodal teacher"
+    defaults = {
+        "optim.name": "adam",  # [default] spec 2.4: SDT's optimiser (SUMMER published none)
+        "optim.lr": 1e-4,  # [default] spec 2.4: SDT's IEMOCAP value (MELD 5e-6)
+        "optim.weight_decay": 1e-5,  # [default] spec 2.4 (SDT)
+        "optim.grad_clip": None,  # [default] spec 2.4 mentions no clipping
+        "train.epochs": 150,  # [default] spec 2.4: SDT's IEMOCAP epochs (MELD 50), per stage
+        "train.batch_size": 16,  # [default] spec 2.4: SDT's IEMOCAP batch (MELD 8)
+        "train.patience": 10,  # [default] not published; the trainer's early stopping
+    }
 
     def __init__(self, cfg: SummerConfig, dims: dict[str, int], tasks: list[TaskSpec]):
         super().__init__(cfg, dims, tasks)
@@ -277,6 +304,9 @@ class Summer(Head):
         if tm not in dims:
             raise ValueError(f"summer: the teacher modality {tm!r} is not among the run's roles {sorted(dims)}; "
                              f"add its features or --set teacher_modality=<one of {self.roles}>")
+        if not any((cfg.ce_weight, cfg.kd_weight, cfg.align_weight, cfg.smooth_weight, cfg.mse_weight)):
+            raise ValueError("summer: every student loss weight is 0; give one of ce_weight, kd_weight, "
+                             "align_weight, smooth_weight, mse_weight a value > 0")
         d, d_T, C = cfg.d_model, cfg.teacher_d_model or cfg.d_model, self.task.out_dim
         self.teacher = Teacher(dims[tm], d_T, cfg, C)
         self.student = Student(dims, self.roles, cfg, C)
@@ -307,13 +337,16 @@ class Summer(Head):
         mask, pad = batch.mask, key_padding(batch.mask)
         x_teacher = batch.feats[cfg.teacher_modality]
         if self.stage == "teacher":
-            _, z_T, _ = self.teacher(x_teacher, batch.speakers, mask, pad)
-            return HeadOutput(logits={self.task.name: z_T}, aux={"teacher_logits": z_T})
+            _, z_T, _, off_T = self.teacher(x_teacher, batch.speakers, mask, pad)
+            return HeadOutput(logits={self.task.name: z_T},
+                              aux={"teacher_logits": z_T, "sdmoe_off": deactivated_fraction([off_T], mask)})
 
         with torch.no_grad():
-            h_T, z_T, a_T = self.teacher(x_teacher, batch.speakers, mask, pad)
-        z_S, fused, h = self.student(batch, mask, pad, a_T if cfg.dyn_attn else None)
-        aux = {"teacher_logits": z_T, "teacher_h": h_T, "student_h": self.mse_adapter(h[cfg.teacher_modality])}
+            h_T, z_T, a_T, _ = self.teacher(x_teacher, batch.speakers, mask, pad)
+        z_S, fused, h, off = self.student(batch, mask, pad, a_T if cfg.dyn_attn else None)
+        student_h = self.mse_adapter(h[cfg.teacher_modality])
+        aux = {"teacher_logits": z_T, "teacher_h": h_T, "student_h": student_h,
+               "sdmoe_off": deactivated_fraction(list(off.values()), mask)}
         if cfg.align_weight:
             w, b = self.teacher.classifier.weight.detach(), self.teacher.classifier.bias.detach()
             for r in self.roles:
@@ -324,29 +357,29 @@ class Summer(Head):
         cfg = self.cfg
         y_bt = batch.labels[self.task.name]
         z = out.logits[self.task.name]
+        routing = {"sdmoe_off": out.aux["sdmoe_off"].item()}  # logged, not optimised
         if self.stage == "teacher":
-            ce = cross_entropy(z, y_bt)
-            return ce, {"teacher_ce": ce.item()}
-        terms = {"ce": cross_entropy(z, y_bt)}
-        weights = {"ce": cfg.ce_weight}
+            ce = masked_cross_entropy(z, y_bt)
+            return ce, {"teacher_ce": ce.item(), **routing}
+        terms, weights = {}, {}
+        if cfg.ce_weight:
+            terms["ce"] = masked_cross_entropy(z, y_bt)
+            weights["ce"] = cfg.ce_weight
         if cfg.kd_weight:
             terms["kd"] = kd_loss(z, out.aux["teacher_logits"], cfg.kd_temperature, batch.mask)
             weights["kd"] = cfg.kd_weight
         if cfg.align_weight:
-            terms["align"] = sum(cross_entropy(out.aux[f"align_{r}"], y_bt) for r in self.roles) / len(self.roles)
+            align = [masked_cross_entropy(out.aux[f"align_{r}"], y_bt) for r in self.roles]
+            terms["align"] = sum(align) / len(align)
             weights["align"] = cfg.align_weight
         if cfg.smooth_weight:
-            terms["smooth"] = label_smoothed_ce(z, y_bt, cfg.label_smoothing)
+            terms["smooth"] = masked_cross_entropy(z, y_bt, label_smoothing=cfg.label_smoothing)
             weights["smooth"] = cfg.smooth_weight
         if cfg.mse_weight:
             se_bt = ((out.aux["student_h"].float() - out.aux["teacher_h"].float()) ** 2).mean(dim=-1)
             terms["mse"] = masked_mean(se_bt, batch.mask)
             weights["mse"] = cfg.mse_weight
         total = sum(weights[k] * v for k, v in terms.items())
-        return total, {k: v.item() for k, v in terms.items()}
+        return total, {**{k: v.item() for k, v in terms.items()}, **routing}
 
-    def optimizer_config(self) -> dict:
-        cfg = self.cfg
-        return {"name": "adam", "lr": cfg.lr, "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip,
-                "scheduler": None}
 
