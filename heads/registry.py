@@ -1,18 +1,19 @@
 """Heads registered by name: `@register_head` on the class, `build_head("mmolre", ...)` to make one.
 
-The registry imports the model modules lazily, so `merc-heads list` and training start fast.
+The shared Registry (merc.data_manifests.registry) imports the model modules lazily, so `merc-heads list` and
+training start fast.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from merc.data_manifests.registry import Registry
 
 from .models.base import Head, TaskSpec
 
-HEADS: dict[str, type[Head]] = {}
 # name -> module that defines it; imported on first use.
-_MODULES = {
+MODULES = {
     "mister-e": "merc.heads.models.mister_e",
     "summer": "merc.heads.models.summer",
     "mmolre": "merc.heads.models.mmolre",
@@ -21,23 +22,20 @@ _MODULES = {
     "late-fusion": "merc.heads.models.baselines",
     "dialogue-gru": "merc.heads.models.baselines",
 }
+HEADS: Registry[type[Head]] = Registry("head", lazy=MODULES)
 
 
 def register_head(cls: type[Head]) -> type[Head]:
-    HEADS[cls.name] = cls
-    return cls
+    """Class decorator: registers a head under its `name`, with its `description`."""
+    return HEADS.register(cls.name, cls.description)(cls)
 
 
 def head_class(name: str) -> type[Head]:
-    if name not in HEADS and name in _MODULES:
-        importlib.import_module(_MODULES[name])
-    if name not in HEADS:
-        raise KeyError(f"unknown head {name!r}; known heads: {', '.join(available_heads())}")
-    return HEADS[name]
+    return HEADS.get(name)
 
 
 def available_heads() -> list[str]:
-    return sorted(set(_MODULES) | set(HEADS))
+    return HEADS.names()
 
 
 def make_config(name: str, overrides: dict[str, Any] | None = None):

@@ -11,7 +11,7 @@ import torch
 from heads_synth import features_arg, shared_store, small_overrides
 
 from merc.heads.config import head_defaults
-from merc.heads.registry import _MODULES, available_heads, head_class
+from merc.heads.registry import MODULES, available_heads, head_class
 from merc.heads.runs import RunRequest, train_run
 
 torch.set_num_threads(1)
@@ -22,7 +22,7 @@ ORDER_FREE = {"ada2i"}
 
 
 def head_or_skip(name: str):
-    module = _MODULES.get(name)
+    module = MODULES.get(name)
     if module is not None:
         try:
             importlib.import_module(module)
