@@ -102,14 +102,15 @@ def final_table(runs: dict[str, Path], store: Path, seconds: float) -> None:
     from merc.extract.store import StoreReader
 
     table = Table(title=f"merc demo: MELD-layout synthetic corpus, {seconds:.0f} s")
-    for col in ("head", "dev W-F1", "test W-F1", "test accuracy", "best epoch", "run"):
+    for col in ("head", "preset", "dev W-F1", "test W-F1", "test accuracy", "best epoch", "run"):
         table.add_column(col)
     for head, run in runs.items():
         m = json.loads((run / "metrics.json").read_text())
+        preset = json.loads((run / "config.json").read_text()).get("preset") or "none"
         task = m["primary_task"]
         split = {s: m["splits"].get(s, {}).get(task, {}) for s in ("dev", "test")}
         best = next(iter(m["best"].values()), {}).get("epoch", -1) + 1
-        table.add_row(head, f"{split['dev'].get('weighted_f1', float('nan')):.4f}",
+        table.add_row(head, preset, f"{split['dev'].get('weighted_f1', float('nan')):.4f}",
                       f"{split['test'].get('weighted_f1', float('nan')):.4f}",
                       f"{split['test'].get('accuracy', float('nan')):.4f}", str(best), str(run))
     reader = StoreReader(store)
