@@ -33,10 +33,14 @@ BIN = Path(sys.executable).parent
 VARIANTS: dict[str, list[tuple[str, list[str]]]] = {
     "mlp": [("default", [])],
     "dialogue-gru": [
-        ("default (hidden 256, dropout 0.3)", []),
+        ("default (hidden 256, dropout 0.3)", ["--preset", "none"]),
         ("preset dialogue-gru/meld", ["--preset", "dialogue-gru/meld"]),
     ],
-    "ada2i": [("preset ada2i/meld", [])],
+    "ada2i": [
+        ("preset ada2i/meld", []),
+        # one modality: AMW's cosine logits (no scale, spec 4.2) are bounded by +-1, too flat for 7 classes
+        ("preset ada2i/meld, head.amw=false", ["--set", "head.amw=false"]),
+    ],
     "summer": [("preset summer/meld, d_model 256", ["--set", "head.d_model=256"])],
 }
 
@@ -124,13 +128,15 @@ def main() -> None:
             rows.append((head, variant, variant == chosen, rs))
     print(f"\nMELD transcripts, minilm features, {len(seeds)} seeds ({args.seeds}); weighted F1 of the 7 emotions; "
           "variants chosen on dev (mean dev W-F1), never on test.\n")
-    print("| head | variant | chosen on dev | dev W-F1 | test W-F1 | test − floor | best epochs |")
-    print("|---|---|---|---|---|---|---|")
+    print("| head | variant | preset (config.json) | chosen on dev | dev W-F1 | test W-F1 | test − floor | best epochs |")
+    print("|---|---|---|---|---|---|---|---|")
     f = base["chosen"]
-    print(f"| logistic regression (floor) | C={f['C']} chosen on dev | yes | {f['dev']:.4f} | {f['test']:.4f} | 0 | - |")
+    print(f"| logistic regression (floor) | C={f['C']} chosen on dev | - | yes | {f['dev']:.4f} | {f['test']:.4f} | 0 "
+          "| - |")
     for head, variant, chosen, rs in rows:
         dev, test = [r["dev"] for r in rs], [r["test"] for r in rs]
-        print(f"| {head} | {variant} | {'**yes**' if chosen else 'no'} | {fmt(dev)} | {fmt(test)} | "
+        presets = sorted({str(r["preset"]) for r in rs})
+        print(f"| {head} | {variant} | {', '.join(presets)} | {'**yes**' if chosen else 'no'} | {fmt(dev)} | {fmt(test)} | "
               f"{np.mean(test) - f['test']:+.4f} | {', '.join(str(r['epoch']) for r in rs)} |")
 
 
