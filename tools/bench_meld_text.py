@@ -41,7 +41,11 @@ VARIANTS: dict[str, list[tuple[str, list[str]]]] = {
         # one modality: AMW's cosine logits (no scale, spec 4.2) are bounded by +-1, too flat for 7 classes
         ("preset ada2i/meld, head.amw=false", ["--set", "head.amw=false"]),
     ],
-    "summer": [("preset summer/meld, d_model 256", ["--set", "head.d_model=256"])],
+    "summer": [
+        ("preset summer/meld, d_model 256", ["--set", "head.d_model=256"]),
+        # SDT's MELD lr (5e-6) leaves SUMMER at the majority class on these features; its IEMOCAP lr
+        ("preset summer/meld, d_model 256, optim.lr=1e-4", ["--set", "head.d_model=256", "--set", "optim.lr=1e-4"]),
+    ],
 }
 
 
