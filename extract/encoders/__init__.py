@@ -40,6 +40,17 @@ class EncoderRequest:
     fps: float | None = None  # vision: frames sampled per second of video
     store_dtype: str = "auto"  # float16 | float32 | auto (the encoder's choice: float32 for openSMILE)
 
+    def apply(self, opts, budget_field: str, budget_type: type = int):
+        """Copy the options every family shares onto its options dataclass, where the user gave them:
+        --pooling, --layers, and --batch-budget into the family's own unit (`budget_field`)."""
+        if self.pooling:
+            opts.pooling = self.pooling
+        if self.layers:
+            opts.layers = self.layers
+        if self.batch_budget:
+            setattr(opts, budget_field, budget_type(self.batch_budget))
+        return opts
+
 
 Builder = Callable[[EncoderRequest], Encoder]
 FamilyBuilder = Callable[..., Encoder]  # (request, model id or folder) -> encoder

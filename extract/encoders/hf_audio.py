@@ -192,10 +192,5 @@ class HFSpeechSSLEncoder(Encoder):
 @ENCODER_FAMILIES.register("audio", "speech SSL (wav2vec2, HuBERT, WavLM, data2vec-audio): mean over the CNN's real frames")
 def from_request(req, model_id: str) -> HFSpeechSSLEncoder:
     opts = AudioOptions(device=req.device, dtype=req.dtype, audio=req.audio)
-    if req.pooling:
-        opts.pooling = req.pooling
-    if req.layers:
-        opts.layers = req.layers
-    if req.batch_budget:
-        opts.batch_seconds = float(req.batch_budget)  # --batch-budget: seconds of padded audio
+    req.apply(opts, "batch_seconds", float)  # --batch-budget: seconds of padded audio
     return HFSpeechSSLEncoder(req.name, model_id, opts)

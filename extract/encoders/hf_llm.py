@@ -238,10 +238,5 @@ def from_request(req, model_id: str) -> HFLLMEncoder:
     opts = LLMOptions(device=req.device, dtype=req.dtype, prompt_context=req.prompt_context, adapter=req.adapter)
     if req.prompt_template:
         opts.prompt_template = req.prompt_template
-    if req.pooling:
-        opts.pooling = req.pooling
-    if req.layers:
-        opts.layers = req.layers
-    if req.batch_budget:
-        opts.batch_tokens = req.batch_budget
+    req.apply(opts, "batch_tokens")
     return HFLLMEncoder(req.name, model_id, opts)

@@ -265,10 +265,5 @@ def from_request(req, model_id: str) -> HFSpeechLLMEncoder:
     opts = SpeechLLMOptions(device=req.device, dtype=req.dtype, audio=req.audio)
     if req.instruction:
         opts.instruction = req.instruction
-    if req.pooling:
-        opts.pooling = req.pooling
-    if req.layers:
-        opts.layers = req.layers
-    if req.batch_budget:
-        opts.batch_clips = req.batch_budget  # --batch-budget: 30 s clips per batch
+    req.apply(opts, "batch_clips")  # --batch-budget: 30 s clips per batch
     return HFSpeechLLMEncoder(req.name, model_id, opts)

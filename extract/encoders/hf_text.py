@@ -146,10 +146,5 @@ class HFTextEncoder(Encoder):
 def from_request(req, model_id: str, **defaults) -> HFTextEncoder:
     """The text family's builder; `defaults` are the short name's options (minilm: mean pooling, L2 norm)."""
     opts = TextOptions(device=req.device, dtype=req.dtype, **defaults)
-    if req.pooling:
-        opts.pooling = req.pooling
-    if req.layers:
-        opts.layers = req.layers
-    if req.batch_budget:
-        opts.batch_tokens = req.batch_budget
+    req.apply(opts, "batch_tokens")
     return HFTextEncoder(req.name, model_id, opts)

@@ -238,10 +238,5 @@ def from_request(req, model_id: str) -> HFVisionEncoder:
     opts = VisionOptions(device=req.device, dtype=req.dtype, audio=req.audio)
     if req.fps:
         opts.fps = float(req.fps)
-    if req.pooling:
-        opts.pooling = req.pooling
-    if req.layers:
-        opts.layers = req.layers
-    if req.batch_budget:
-        opts.batch_frames = req.batch_budget  # --batch-budget: video frames per batch
+    req.apply(opts, "batch_frames")  # --batch-budget: video frames per batch
     return HFVisionEncoder(req.name, model_id, opts)

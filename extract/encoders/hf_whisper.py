@@ -218,10 +218,5 @@ class WhisperEncoder(Encoder):
 @ENCODER_FAMILIES.register("whisper", "Whisper encoders: the frames that cover real audio, > 30 s in chunks")
 def from_request(req, model_id: str) -> WhisperEncoder:
     opts = WhisperOptions(device=req.device, dtype=req.dtype, audio=req.audio)
-    if req.pooling:
-        opts.pooling = req.pooling
-    if req.layers:
-        opts.layers = req.layers
-    if req.batch_budget:
-        opts.batch_chunks = req.batch_budget  # --batch-budget: 30 s chunks per batch
+    req.apply(opts, "batch_chunks")  # --batch-budget: 30 s chunks per batch
     return WhisperEncoder(req.name, model_id, opts)
