@@ -34,6 +34,7 @@ from merc.extract.store import (
     finite_abs_max,
 )
 
+from . import feature_cache
 from .models.base import Batch, TaskSpec
 
 NORMALIZE = ("zscore", "none")
@@ -294,7 +295,7 @@ class HeadsData:
         """
         if normalize not in NORMALIZE:
             raise HeadsError(f"unknown normalize option {normalize!r}", fix=f"use one of: {', '.join(NORMALIZE)}")
-        reader = StoreReader(store)
+        reader = feature_cache.reader(store)  # a sweep worker keeps one per store (heads/feature_cache.py)
         roles = resolve_roles(reader, dataset, features)
         caps = resolve_max_frames(max_frames, roles)
         spaces = reader.label_spaces(dataset)
@@ -351,8 +352,16 @@ class HeadsData:
                    max_frames=caps, normalize=normalize, stats=role_stats, derived=derived)
         if frames:
             for role, name in roles.items():
-                data.frames[role] = _load_frames(reader, dataset, name, data.dialogue_ids, offsets, caps[role],
-                                                 role_stats.get(role))
+                st = role_stats.get(role)
+
+                def build(name=name, cap=caps[role], st=st) -> Frames:
+                    return _load_frames(reader, dataset, name, data.dialogue_ids, offsets, cap, st)
+
+                if isinstance(reader, feature_cache.CachingReader):
+                    key = ("frames", dataset, name, caps[role], feature_cache.array_digest(*(st or (None,))))
+                    data.frames[role] = reader.memo(key, build)
+                else:
+                    data.frames[role] = build()
         return data
 
     # -- structure -----------------------------------------------------------------------------------

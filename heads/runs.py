@@ -13,7 +13,13 @@
       feature_stats.safetensors  per role, the train-split mean and std that standardised the features
       metrics.json        per split and task: overall metrics, per class, confusion matrix
       predictions.csv     utterance_id, split, task, gold, pred, probabilities (every utterance)
-      log.jsonl           one line per epoch
+      log.jsonl           one line per epoch; for a head with figure data (Head.figure_stats) the line's
+                          `figures` holds that epoch's sums over the training batches
+      figures.json        only for such heads (MiSTER-E, Ada2I, MMoLRE, SUMMER): what their papers' figures
+                          need, recorded from forward passes that ran anyway (merc-heads plot reads it and never
+                          re-runs the model): {"format", "head", "axes": names along the arrays' axes,
+                          "epochs": [{"stage", "epoch", sums...}] (= log.jsonl's `figures`, so a resumed run has
+                          them all), "splits": {split: sums over the final evaluation with the best weights}}
       learning_curve.png  train/dev loss and the dev metric per epoch
 
 Every file is written atomically (a temporary file, then a rename). A Ctrl-C marks the run interrupted and
@@ -41,9 +47,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from merc.extract.store import FRAMES, StoreReader, normalize_levels
+from merc.extract.store import FRAMES, normalize_levels
 
-from . import presets
+from . import feature_cache, presets
 from .checkpoint import (
     MODEL_FILE,
     RESUME_FILE,
@@ -83,6 +89,7 @@ from .trainer import (
     TaskPredictions,
     TrainConfig,
     Trainer,
+    figure_values,
     predict,
     resolve_device,
     seed_everything,
@@ -90,6 +97,8 @@ from .trainer import (
 
 RUN_FORMAT = 3  # 3: config.json holds the config tree (head/optim/train/data); 2: the request and flat keys
 SPLITS = ("train", "dev", "test")
+FIGURES_FILE = "figures.json"
+FIGURES_FORMAT = 1
 
 
 @dataclass
@@ -297,7 +306,7 @@ def _prepare(config: RunConfig, callbacks: list[Callback] | None, *, fingerprint
              stats: dict | None = None) -> _Prepared:
     cls = head_cls_or_error(config.head_name)
     d = config.data
-    reader = StoreReader(d.store)
+    reader = feature_cache.reader(d.store)
     roles = resolve_roles(reader, d.dataset, d.features)
     check_roles(cls, roles)  # before any heavy read
     # a multi-task head (MMoLRE: sentiment + emotions) may ask for every label space by default
@@ -460,12 +469,19 @@ def _execute(p: _Prepared, run_dir: Path, record: RunRecord, state: TrainState |
         with sigint_deferred():
             sha = save_model_atomic(head, run_dir / MODEL_FILE)
             record.update(model_sha256=sha, model_saved=now())
-        all_preds = {s: trainer.evaluate(s) for s in SPLITS if len(data.split_dialogues(s))}
+        all_preds, split_figures = {}, {}
+        for s in SPLITS:
+            if len(data.split_dialogues(s)):
+                acc: dict[str, torch.Tensor] = {}
+                all_preds[s] = trainer.evaluate(s, figures=acc)
+                if acc:
+                    split_figures[s] = figure_values(acc)
         metrics = {s: {t: pr.metrics() for t, pr in preds.items()} for s, preds in all_preds.items()}
         _write_json(run_dir / "metrics.json", {"monitor": fit.monitor, "primary_task": data.tasks[0].name,
                                                "best": fit.best, "precision": fit.precision, "device": fit.device,
                                                "train_seconds": round(fit.seconds, 3), "splits": metrics})
         write_predictions(run_dir / "predictions.csv", data, all_preds)
+        write_figures(run_dir / FIGURES_FILE, head, fit.history, split_figures)
         plot_learning_curve(fit.history, fit.monitor, run_dir / "learning_curve.png")
         with sigint_deferred():
             record.update(status="complete", finished=now(), error=None)
@@ -517,6 +533,16 @@ class _RunLog(Callback):
     def on_epoch_end(self, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def write_figures(path: Path, head: Head, history: list[dict], splits: dict[str, dict]) -> None:
+    """figures.json (the run layout above): the head's figure data per training epoch, taken from the history
+    (which a resumed run restores whole), and per split of the final evaluation. Nothing for a head without."""
+    epochs = [{"stage": r["stage"], "epoch": r["epoch"], **r["figures"]} for r in history if "figures" in r]
+    if not epochs and not splits:
+        return
+    obj = {"format": FIGURES_FORMAT, "head": head.name, "axes": head.figure_axes(), "epochs": epochs, "splits": splits}
+    atomic_write_text(path, json.dumps(obj, default=_json_default, allow_nan=True) + "\n")  # arrays: compact
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -771,24 +797,40 @@ def _format_prediction(t: TaskSpec, gold, pred, scores) -> tuple[str, str, str]:
 
 
 def plot_learning_curve(history: list[dict], monitor: str, path: Path) -> None:
-    """Train/dev loss and the dev monitor metric over epochs, stages separated by dotted lines."""
+    """Train/dev loss and the dev monitor metric over epochs (counted from 1 across stages). Stages (SUMMER:
+    teacher, then student) are separated by dotted lines and named; a star marks the epoch whose weights each stage
+    kept (its last dev improvement)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    x = np.arange(len(history))
+    monitor = monitor.removeprefix("dev_")
+    x = np.arange(1, len(history) + 1)
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot(x, [r.get("train_loss", np.nan) for r in history], label="train loss")
-    ax_loss.plot(x, [r.get("dev_loss", np.nan) for r in history], label="dev loss")
-    ax_metric.plot(x, [r.get(f"dev_{monitor}", np.nan) for r in history], color="C2", label=f"dev {monitor}")
-    for i in range(1, len(history)):
-        if history[i]["stage"] != history[i - 1]["stage"]:
+    ax_loss.plot(x, [r.get("train_loss", np.nan) for r in history], marker=".", label="train loss")
+    ax_loss.plot(x, [r.get("dev_loss", np.nan) for r in history], marker=".", label="dev loss")
+    metric = [r.get(f"dev_{monitor}", np.nan) for r in history]
+    ax_metric.plot(x, metric, color="C2", marker=".", label=f"dev {monitor}")
+    starts = [i for i in range(len(history)) if i == 0 or history[i]["stage"] != history[i - 1]["stage"]]
+    for k, start in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else len(history)
+        kept = [i for i in range(start, end) if history[i].get("best")]
+        if kept:
+            ax_metric.plot(x[kept[-1]], metric[kept[-1]], marker="*", markersize=12, color="C3", linestyle="none",
+                           label="kept" if k == 0 else None)
+        if start > 0:
             for ax in (ax_loss, ax_metric):
-                ax.axvline(i - 0.5, color="grey", linestyle=":")
+                ax.axvline(start + 0.5, color="grey", linestyle=":")
+        if len(starts) > 1 or history[start]["stage"] != "main":
+            for ax in (ax_loss, ax_metric):
+                ax.text(start + 1, 1.0, f" {history[start]['stage']}", transform=ax.get_xaxis_transform(),
+                        va="bottom", fontsize=8, color="grey")
     for ax in (ax_loss, ax_metric):
         ax.set_xlabel("epoch")
-        ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

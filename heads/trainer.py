@@ -12,6 +12,10 @@ At the end of every epoch the trainer hands its callbacks a `TrainState` (weight
 stage, epoch, early-stopping counters, history, every random generator); `fit(resume=state)` continues from
 it and ends with the weights the uninterrupted fit ends with (bitwise on the CPU). heads/runs.py saves it
 (heads/checkpoint.py) together with the best-so-far weights at every dev improvement.
+
+A head's figure_stats (its paper's figures: gate weights, disparity ratios, expert usage) are summed from the
+outputs of the forward passes that run anyway: per training epoch into the epoch's record (`figures`, so the
+history, the log and the resume state carry them) and, through `predict(figures=...)`, per evaluated split.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from .config import (
 )
 from .data import HeadsData, HeadsError
 from .metrics import PRIMARY, is_better, task_metrics
-from .models.base import Batch, Head, TaskSpec
+from .models.base import Batch, Head, HeadOutput, TaskSpec
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -232,8 +236,10 @@ def decode(task: TaskSpec, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray
 
 @torch.no_grad()
 def predict(head: Head, data: HeadsData, split: str, *, batch_size: int, device: torch.device,
-            precision: str, with_loss: bool = False, epoch: int = 0) -> tuple[dict[str, TaskPredictions], float]:
-    """Run the head over a split in eval mode: per-task predictions (and the mean loss when asked)."""
+            precision: str, with_loss: bool = False, epoch: int = 0,
+            figures: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, TaskPredictions], float]:
+    """Run the head over a split in eval mode: per-task predictions (and the mean loss when asked).
+    `figures`: a dict that receives the split's sums of the head's figure_stats (from the same forward passes)."""
     head.eval()
     outs: dict[str, list[torch.Tensor]] = {t.name: [] for t in data.tasks}
     losses = []
@@ -244,6 +250,8 @@ def predict(head: Head, data: HeadsData, split: str, *, batch_size: int, device:
             out = head(batch)
             if with_loss:
                 losses.append(float(head.loss(batch, out, epoch)[0]))
+        if figures is not None:
+            add_figure_stats(figures, head, batch, out)
         for t in data.tasks:
             outs[t.name].append(out.logits[t.name][batch.mask].float().cpu())
     rows = data.split_rows(split)
@@ -253,6 +261,20 @@ def predict(head: Head, data: HeadsData, split: str, *, batch_size: int, device:
         pred, scores = decode(t, logits)
         preds[t.name] = TaskPredictions(t, rows, data.labels[t.name][rows], pred, scores)
     return preds, (float(np.mean(losses)) if losses else float("nan"))
+
+
+def add_figure_stats(acc: dict[str, torch.Tensor], head: Head, batch: Batch, out: HeadOutput) -> None:
+    """Add one batch's figure_stats (heads/models/base.py) to `acc`, in float64 on the batch's device: no
+    host sync per step, and sums that do not drift over a long epoch."""
+    with torch.no_grad():
+        for k, v in head.figure_stats(batch, out).items():
+            v = v.detach().to(torch.float64)
+            acc[k] = acc[k] + v if k in acc else v
+
+
+def figure_values(acc: dict[str, torch.Tensor]) -> dict[str, float | list]:
+    """Accumulated figure sums as JSON numbers and nested lists (for log.jsonl and figures.json)."""
+    return {k: v.cpu().tolist() for k, v in acc.items()}
 
 
 def scalar_metrics(metrics: dict) -> dict[str, float]:
@@ -397,17 +419,21 @@ class Trainer:
                 head.train()
                 self._emit("on_epoch_start", stage, epoch, data.n_batches("train", cfg.batch_size, **unit))
                 sums: dict[str, float] = {}
+                figures: dict[str, torch.Tensor] = {}
                 n_steps = 0
                 for batch in data.batches("train", cfg.batch_size, shuffle=True, generator=shuffle_rng, pin_memory=pin,
                                           **unit):
                     batch = batch.to(device, non_blocking=pin)
-                    loss_value, terms = self.train_step(batch, epoch, opt, scaler, params, stage=stage)
+                    loss_value, terms = self.train_step(batch, epoch, opt, scaler, params, stage=stage,
+                                                        figures=figures)
                     n_steps += 1
                     for k, v in {"loss": loss_value, **terms}.items():
                         sums[k] = sums.get(k, 0.0) + v
                     self._emit("on_step", loss_value)
                 record = {"stage": stage, "epoch": epoch, **{f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()},
                           "lr": opt.param_groups[0]["lr"]}
+                if figures:  # the head's figure sums over this epoch's training batches (heads/runs.py: figures.json)
+                    record["figures"] = figure_values(figures)
                 if has_dev:
                     preds, dev_loss = predict(head, data, "dev", batch_size=cfg.eval_batch_size, device=device,
                                               precision=self.precision, with_loss=True, epoch=epoch)
@@ -480,13 +506,16 @@ class Trainer:
         return state.best_value, state.best_epoch, best_state, state.bad_epochs
 
     def train_step(self, batch: Batch, epoch: int, opt: torch.optim.Optimizer, scaler, params: list,
-                   stage: str = "main") -> tuple[float, dict]:
-        """One optimiser step: forward + loss under autocast, backward, clip, head hook, step."""
+                   stage: str = "main", figures: dict[str, torch.Tensor] | None = None) -> tuple[float, dict]:
+        """One optimiser step: forward + loss under autocast, backward, clip, head hook, step. `figures`: a dict
+        that receives the head's figure_stats of this batch (read from the outputs, before anything changes)."""
         head = self.head
         head.zero_grad(set_to_none=True)  # all parameters: a frozen one must not keep a stale grad from a past stage
         with autocast(self.device, self.precision):
             out = head(batch)
             loss, terms = head.loss(batch, out, epoch)
+        if figures is not None:
+            add_figure_stats(figures, head, batch, out)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value) and scaler is None:
             where = f"epoch {epoch + 1}" + (f" of stage {stage}" if stage != "main" else "")
@@ -509,7 +538,7 @@ class Trainer:
             opt.step()
         return loss_value, terms
 
-    def evaluate(self, split: str) -> dict[str, TaskPredictions]:
+    def evaluate(self, split: str, figures: dict[str, torch.Tensor] | None = None) -> dict[str, TaskPredictions]:
         preds, _ = predict(self.head, self.data, split, batch_size=self.cfg.eval_batch_size, device=self.device,
-                           precision=self.precision)
+                           precision=self.precision, figures=figures)
         return preds

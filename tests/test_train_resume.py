@@ -87,6 +87,10 @@ def assert_same_run(run_dir: Path, reference: Path):
     assert not (run_dir / RESUME_FILE).exists()  # a complete run keeps no resume state
     assert json.loads((run_dir / "metrics.json").read_text())["splits"] == \
         json.loads((reference / "metrics.json").read_text())["splits"]
+    # the heads' figure data (SUMMER: expert activation per epoch of both stages) ends whole, as uninterrupted
+    assert (run_dir / "figures.json").exists() == (reference / "figures.json").exists()
+    if (reference / "figures.json").exists():
+        assert (run_dir / "figures.json").read_bytes() == (reference / "figures.json").read_bytes()
 
 
 # -- (a) in process ----------------------------------------------------------------------------------

@@ -209,6 +209,17 @@ class Ada2I(Head):
         total = (nll + out.aux["l_feat"]) if self.training else nll
         return total, {"nll": nll.item(), "l_feat": out.aux["l_feat"].item()}
 
+    def figure_stats(self, batch: Batch, out: HeadOutput) -> dict[str, torch.Tensor]:
+        """The paper's Fig. 5: the disparity ratio rho_m of each modality (ROLE_ORDER), summed over the batches
+        that computed one (ratio_batches counts them; the epoch's mean is the quotient)."""
+        if "ratio" not in out.aux:
+            return {}
+        ratio_m = out.aux["ratio"].float()
+        return {"ratio_sum": ratio_m, "ratio_batches": ratio_m.new_ones(())}
+
+    def figure_axes(self) -> dict[str, list[str]]:
+        return {"modalities": list(self.roles)}
+
     def after_backward(self, batch: Batch, out: HeadOutput, epoch: int) -> None:
         """Scale each modality encoder's (clipped) gradients by k_m, then add N(0, std(g)) noise."""
         cfg = self.cfg

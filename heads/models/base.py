@@ -2,7 +2,9 @@
 
 One trainer loop drives all heads (heads/trainer.py), so each head only says how to compute its
 outputs and its loss. Heads that need more than forward + loss (SUMMER's teacher stage, Ada2I's
-gradient modulation) use the optional hooks at the bottom of `Head`.
+gradient modulation) use the optional hooks at the bottom of `Head`; a head whose paper has figures of
+its internals (gate weights, disparity ratios, expert usage) reduces what they need from its outputs in
+`figure_stats`, so that plotting reads numbers the run recorded and never re-runs the model.
 """
 
 from __future__ import annotations
@@ -122,4 +124,19 @@ class Head(nn.Module):
 
     def after_backward(self, batch: Batch, out: HeadOutput, epoch: int) -> None:
         """Called after loss.backward() and before the optimiser step (Ada2I gradient modulation)."""
+
+    # -- figures (merc-heads plot) -------------------------------------------------------------------------
+    def figure_stats(self, batch: Batch, out: HeadOutput) -> dict[str, torch.Tensor]:
+        """Small sums over one batch of what the head's own figures need (MiSTER-E: gate weight per gold class
+        and expert; a count goes with every sum), read from `out` of a forward pass that ran anyway.
+
+        The trainer adds them up over each training epoch (log.jsonl's `figures`) and over each split of the
+        final evaluation (figures.json): every value must be additive over batches, a fixed-shape tensor
+        independent of the batch size, so the files stay small whatever the data. Called under no_grad; it must
+        only read (no random numbers, no state), so recording never changes what a run computes."""
+        return {}
+
+    def figure_axes(self) -> dict[str, list[str]]:
+        """Names along the axes of `figure_stats`' arrays (experts, classes, modalities...), for the plots."""
+        return {}
 

@@ -232,6 +232,20 @@ class MisterE(Head):
         total = focal + cfg.supcon_weight * supcon + cfg.kl_weight * kl
         return total, {"focal": focal.item(), "supcon": supcon.item(), "kl": kl.item()}
 
+    def figure_stats(self, batch: Batch, out: HeadOutput) -> dict[str, torch.Tensor]:
+        """The paper's Fig. 5a: gate weight per expert, per gold class. gate_sum [C, E] sums the gate vectors of
+        the labelled utterances of each class, gate_count [C] counts them (mean = sum / count; a row sums to 1)."""
+        y_bt = batch.labels.get(self.task.name)
+        if y_bt is None:
+            return {}
+        keep_bt = batch.mask & (y_bt >= 0)
+        onehot_btc = F.one_hot(y_bt.clamp(min=0), self.task.out_dim).float() * keep_bt.unsqueeze(-1)
+        return {"gate_sum": torch.einsum("btc,bte->ce", onehot_btc, out.aux["gate"].float()),
+                "gate_count": onehot_btc.sum(dim=(0, 1))}
+
+    def figure_axes(self) -> dict[str, list[str]]:
+        return {"experts": list(self.experts_on), "classes": list(self.task.classes)}
+
 
 
 # -- closed-form parameter counts (checked by tests/test_head_mister_e.py) --------------------------------------

@@ -347,6 +347,24 @@ class MMoLRE(Head):
         total = sum(terms.values())
         return total, {k: v.item() for k, v in terms.items()}
 
+    def figure_stats(self, batch: Batch, out: HeadOutput) -> dict[str, torch.Tensor]:
+        """Expert usage per task: for every router (modality x UniTSE block x task), usage [.., N] counts the
+        utterances that selected each shared expert among their top k, gate_sum [.., N] adds up its gate weight,
+        utterances counts the routed utterances (so usage sums to top_k x utterances over the experts)."""
+        if self.unitse is None:
+            return {}
+        gates = torch.stack([torch.stack([torch.stack([out.aux[f"gate_{r}_{i}_{t.name}"].float()
+                                                       for t in self.tasks])
+                                          for i in range(len(self.unitse[r]))]) for r in ("t", "a")])
+        return {"usage": (gates > 0).sum(dim=-2).float(), "gate_sum": gates.sum(dim=-2),
+                "utterances": gates.new_tensor(float(gates.shape[-2]))}
+
+    def figure_axes(self) -> dict[str, list[str]]:
+        if self.unitse is None:
+            return {}
+        return {"roles": ["t", "a"], "blocks": [str(i + 1) for i in range(self.cfg.unitse_blocks)],
+                "tasks": [t.name for t in self.tasks], "experts": [str(e + 1) for e in range(self.cfg.experts)]}
+
 
 
 # -- closed-form parameter counts (checked by tests/test_head_mmolre.py) --------------------------------------

@@ -26,7 +26,8 @@ Loss, teacher stage: CE of the teacher. Student stage (all kappa = 1 [default], 
     L     = L_IKD + k4 MSE(adapter(H_t student), H_t teacher)                 [review: the inner-feature MSE]
 L_smooth is the student's task loss, so there is no separate plain CE (`ce_weight`, default 0; the spec's
 "Total [default]" has one on top, which counts the same NLL twice). Both stages also report `sdmoe_off`, the
-share of (utterance, expert) routing slots that the stage's own SDMoE modules switched off, for the log.
+share of (utterance, expert) routing slots that the stage's own SDMoE modules switched off, for the log, and
+per module and expert the slots left on (`figure_stats`, the expert-activation figure of `merc-heads plot`).
 
 The teacher's classifier is applied with its weights detached (gradients reach the student features only), and
 the teacher runs under no_grad in eval mode, so nothing can move it in the student stage. Padding: attention masks
@@ -339,14 +340,16 @@ class Summer(Head):
         if self.stage == "teacher":
             _, z_T, _, off_T = self.teacher(x_teacher, batch.speakers, mask, pad)
             return HeadOutput(logits={self.task.name: z_T},
-                              aux={"teacher_logits": z_T, "sdmoe_off": deactivated_fraction([off_T], mask)})
+                              aux={"teacher_logits": z_T, "sdmoe_off": deactivated_fraction([off_T], mask),
+                                   "sdmoe_off_teacher": off_T})
 
         with torch.no_grad():
             h_T, z_T, a_T, _ = self.teacher(x_teacher, batch.speakers, mask, pad)
         z_S, fused, h, off = self.student(batch, mask, pad, a_T if cfg.dyn_attn else None)
         student_h = self.mse_adapter(h[cfg.teacher_modality])
         aux = {"teacher_logits": z_T, "teacher_h": h_T, "student_h": student_h,
-               "sdmoe_off": deactivated_fraction(list(off.values()), mask)}
+               "sdmoe_off": deactivated_fraction(list(off.values()), mask),
+               **{f"sdmoe_off_{r}": off_r for r, off_r in off.items()}}
         if cfg.align_weight:
             w, b = self.teacher.classifier.weight.detach(), self.teacher.classifier.bias.detach()
             for r in self.roles:
@@ -381,5 +384,30 @@ class Summer(Head):
             weights["mse"] = cfg.mse_weight
         total = sum(weights[k] * v for k, v in terms.items())
         return total, {**{k: v.item() for k, v in terms.items()}, **routing}
+
+    def figure_modules(self) -> list[str]:
+        """The SDMoE modules: the teacher's, then the student's, one per modality."""
+        return ["teacher", *self.roles]
+
+    def figure_stats(self, batch: Batch, out: HeadOutput) -> dict[str, torch.Tensor]:
+        """Expert activation of every SDMoE module that routed in this stage: active [M, E] counts the real
+        utterances at which each expert was left on, routed [M] the utterances the module routed (0 for the
+        modules of the other stage), so active / routed is the share of routing decisions that kept the expert."""
+        real_bt1 = batch.mask.unsqueeze(-1)
+        active, routed = [], []
+        for name in self.figure_modules():
+            off_bte = out.aux.get(f"sdmoe_off_{name}")
+            if off_bte is None:
+                active.append(real_bt1.new_zeros(self.cfg.n_experts, dtype=torch.float32))
+                routed.append(active[-1].new_zeros(()))
+            else:
+                active.append((real_bt1 & ~off_bte).sum(dim=(0, 1)).float())
+                routed.append(batch.mask.sum().float())
+        return {"active": torch.stack(active), "routed": torch.stack(routed)}
+
+    def figure_axes(self) -> dict[str, list[str]]:
+        return {"modules": [f"teacher ({self.cfg.teacher_modality})" if m == "teacher" else f"student {m}"
+                            for m in self.figure_modules()],
+                "experts": [str(e + 1) for e in range(self.cfg.n_experts)]}
 
 
