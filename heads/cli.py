@@ -7,6 +7,9 @@
     merc-heads train --resume runs/<run>        # continue an interrupted run (Ctrl-C prints this command)
     merc-heads eval runs/<run> --split test
     merc-heads predict runs/<run> --out predictions.csv
+    merc-heads report runs/ --by head,features   # mean ± std over seeds (dev, test), best row chosen on dev
+    merc-heads plot runs/<run> [--split test]     # confusion matrices, curves, per-class F1, the head's figures
+    merc-heads plot runs/ --against head.rank    # a metric against one swept option, mean ± std over seeds
     merc-heads list [--presets]
 
 Imports stay inside the commands: nothing heavier than typer loads before a command runs, and no
@@ -270,6 +273,35 @@ def _kind_of(m: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------------
 
+@app.command()
+def report(
+    runs: Annotated[Path, typer.Argument(help="Folder of run directories, searched recursively (e.g. runs/).")],
+    by: Annotated[str, typer.Option(help="Keys to group runs on, comma-separated: head, dataset, features, preset, seed, task, run, sweep, variant, or any dotted key of config.json (head.rank, optim.lr, train.epochs ...).")] = "head,features",
+    metric: Annotated[list[str] | None, typer.Option("--metric", help="Another metric to report next to the main one (repeatable): accuracy, macro_f1, acc7, pearson ... (metrics.json names).")] = None,
+    primary_metric: Annotated[str | None, typer.Option(help="The main metric, used for selection and the baseline comparison [default: what the runs selected their checkpoint with, metrics.json 'monitor'].")] = None,
+    task: Annotated[str | None, typer.Option(help="Task to report [default: each run's primary task].")] = None,
+    select: Annotated[str | None, typer.Option(help="Keys whose rows form a selection group: the row with the best dev mean in each is marked (test is never used). 'all': the best over the whole table; 'none': no marks [default: every --by key but the last].")] = None,
+    baseline: Annotated[list[str] | None, typer.Option(help="KEY=VALUE naming the baseline row in each selection group (repeatable, to name one row); every other row gets the mean dev/test difference over shared seeds and the seeds it wins.")] = None,
+    per_class: Annotated[bool, typer.Option("--per-class", help="Also report the per-class F1 (test in the markdown, dev and test in the CSV).")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write OUT.md and OUT.csv (numbers unformatted in the CSV).")] = None,
+) -> None:
+    """Mean ± std over seeds of dev and test metrics, grouped by --by; the best row chosen on dev, never on test.
+
+    Prints a markdown table (copy it into BENCHMARKS.md). Incomplete runs are counted in a note, not reported.
+    """
+    try:
+        from merc.pipelines import report as reporting
+
+        table, written = reporting.report(runs, by, metrics=metric, primary_metric=primary_metric, task=task,
+                                          select=select, baseline=baseline, per_class=per_class, out=out)
+    except _user_errors() as e:
+        _fail(e)
+        return
+    typer.echo(reporting.markdown(table), nl=False)
+    for path in written:
+        typer.echo(f"wrote {path}", err=True)
+
+
 @app.command("eval")
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run directory written by merc-heads train.")],
@@ -358,6 +390,52 @@ def predict(
     _console().print(f"wrote {n} predictions to {out}")
 
 
+@app.command()
+def plot(
+    run: Annotated[Path, typer.Argument(help="A run directory (runs/<run>); with --against, a folder of runs (searched recursively).")],
+    out: Annotated[Path | None, typer.Option(help="Folder for the PNGs [default: <run>/plots, or <folder>/plots with --against].")] = None,
+    split: Annotated[str, typer.Option(help="Split of the confusion matrices, the head figures that use one, and --against: train, dev or test.")] = "test",
+    against: Annotated[str | None, typer.Option(help="Plot a metric against this option of the config tree (head.rank, optim.lr, ...; a run's sweep.json wins), mean ± std over the runs of each value (seeds), over every complete run under the folder.")] = None,
+    metric: Annotated[str | None, typer.Option(help="Metric for --against, a metrics.json name of the primary task [default: the metric the runs monitored on dev, e.g. weighted_f1].")] = None,
+) -> None:
+    """Draw a run's figures from its files (nothing is re-run): confusion matrices, learning curves, per-class F1 and
+    the head's own figures (MiSTER-E gate weights, Ada2I disparity ratios, MMoLRE expert usage, SUMMER expert
+    activation). With --against: one metric against one swept option, with a CSV of the numbers drawn."""
+    try:
+        from merc.heads.data import HeadsError
+
+        if against is None:
+            if metric is not None:
+                raise HeadsError("--metric applies to --against only",
+                                 fix="add --against <option> (e.g. --against head.rank), or drop --metric")
+            from merc.pipelines.plots import plot_run
+
+            notes: list[str] = []
+            paths = plot_run(run, out, split, notes=notes)
+            result = None
+        else:
+            from merc.pipelines.plot_against import metric_against
+
+            result = metric_against(run, against, metric=metric, split=split, out_dir=out)
+            paths = [result.png, result.csv]
+    except _user_errors() as e:
+        _fail(e)
+        return
+    for path in paths:
+        typer.echo(str(path))
+    if result is None:
+        for note in notes:
+            typer.echo(f"note: {note}", err=True)
+    else:
+        for g in result.groups:
+            std = "" if g.std != g.std else f" ± {g.std:.4f}"
+            typer.echo(f"  {result.key}={g.label}: {result.metric} {g.mean:.4f}{std} (n={g.n})", err=True)
+        if result.skipped:
+            typer.echo(f"  {len(result.skipped)} run(s) left out: " + "; ".join(f"{p.name} ({why})"
+                                                                               for p, why in result.skipped[:5]),
+                       err=True)
+
+
 @app.command("list")
 def list_heads(
     presets: Annotated[bool, typer.Option("--presets", help="List the presets instead: name@version, description, "
@@ -429,6 +507,52 @@ def _default(f) -> str:
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return str(f.default_factory())  # type: ignore[misc]
     return "?"
+
+
+@app.command()
+def sweep(
+    spec: Annotated[str, typer.Argument(help="Sweep file (YAML: base, variants and/or grid, seeds), or the name of "
+                                             "a packaged recipe (pipelines/recipes/<name>.yaml).")],
+    store: Annotated[Path | None, typer.Option(help="Feature store every run reads [default: the file's store:].")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the runs; they go to <out>/<sweep name>/.")] = Path("runs"),
+    workers: Annotated[int, typer.Option(help="Runs trained at once (local processes, or dask workers with "
+                                              "--dask); torch threads per worker = cores / workers.")] = 1,
+    dask: Annotated[bool, typer.Option("--dask", help="Run on a dask.distributed LocalCluster of --workers "
+                                                     "single-thread processes.")] = False,
+    scheduler: Annotated[str | None, typer.Option(help="Address of an existing dask scheduler (tcp://host:8786): "
+                                                       "the runs go to its workers, which must see --store and --out.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List every run and what a sweep would do with it "
+                                                           "(skip, resume, train); change nothing.")] = False,
+    dataset: Annotated[str | None, typer.Option(help="Override the file's dataset (its presets follow).")] = None,
+    features: Annotated[str | None, typer.Option(help="Override every variant's features.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="A config-tree key for every run, e.g. "
+                                                                  "--set train.epochs=3 (wins over the file).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Override the file's seeds: '1,2,3', or a count '5' (= 1..5).")] = None,
+) -> None:
+    """Train every run of a sweep (variants x grid x seeds); a rerun skips complete runs, resumes interrupted
+    ones and retrains failed ones. Each run's directory is named by the hash of its config tree."""
+    import sys
+
+    console = _console()
+    try:
+        from merc.pipelines.sweep import Variant, parse_seeds, run_sweep
+        from merc.pipelines.sweep.spec import recipe_path
+
+        outcome = run_sweep(recipe_path(spec), store=str(store) if store else None, out=out, workers=workers,
+                            scheduler=scheduler, use_dask=dask, dry_run=dry_run,
+                            overrides=Variant(name="", dataset=dataset, features=features, sets=_parse_sets(set_)),
+                            seeds=parse_seeds(seeds) if seeds else None, console=console,
+                            argv=["merc-heads", *sys.argv[1:]])
+    except KeyboardInterrupt:
+        console.print("sweep interrupted before any run started; nothing changed")
+        raise typer.Exit(130) from None
+    except _user_errors() as e:
+        _fail(e)
+        return
+    if outcome.interrupted:
+        raise typer.Exit(130)
+    if outcome.count("failed"):
+        raise typer.Exit(1)
 
 
 def main() -> None:
