@@ -1,6 +1,8 @@
 """`merc-extract`: run a frozen encoder over a corpus into the Zarr store, and inspect stores.
 
     merc-extract --dataset meld --root /data/MELD.Raw --encoder minilm --store cache.zarr
+    merc-extract import /data/IEMOCAP_features.pkl --dataset iemocap --store cache.zarr
+    merc-extract --dataset iemocap --from-store --encoder minilm --store cache.zarr
     merc-extract status --store cache.zarr
     merc-extract verify --store cache.zarr
 
@@ -35,7 +37,7 @@ def _fail(exc: Exception) -> None:
 @app.callback(invoke_without_command=True)
 def extract(
     ctx: typer.Context,
-    dataset: Annotated[str | None, typer.Option(help="Corpus adapter: meld, iemocap, manifest (a CSV/JSONL you wrote).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Corpus adapter: meld, iemocap, mosi, mosei (MMSA-FET layout), manifest (a CSV/JSONL you wrote).")] = None,
     root: Annotated[Path | None, typer.Option(help="Corpus folder (or the CSV/JSONL file for --dataset manifest).")] = None,
     encoder: Annotated[str | None, typer.Option(help="Encoder short name (see `merc-extract encoders`), or hf:, llm:, sllm:, hf-vision:<id-or-path>.")] = None,
     store: Annotated[Path, typer.Option(help="Zarr store to write (created if missing).")] = Path("cache.zarr"),
@@ -64,12 +66,16 @@ def extract(
     store_dtype: Annotated[str, typer.Option(help="Storage dtype: auto (float16; float32 for openSMILE), float16, float32.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace a feature set (or dataset) built with other settings.")] = False,
     allow_missing: Annotated[bool, typer.Option(help="Exit 0 even if some utterances could not be extracted.")] = False,
+    labels_from: Annotated[Path | None, typer.Option(help="IEMOCAP: take the utterance set, labels and dev split from a community pickle (conv-emotion, COSMIC ...; the papers' 7,433-utterance set), aligned with the release by dialogue, order and text.")] = None,
+    from_store: Annotated[bool, typer.Option(help="Encode the manifest the store already holds for --dataset (e.g. one `merc-extract import` wrote from a text pickle) instead of reading a corpus.")] = False,
 ) -> None:
     """Extract features (the default command), or run a subcommand."""
     if ctx.invoked_subcommand is not None:
         return
-    if not (dataset and root and encoder):
-        _fail(ValueError("--dataset, --root and --encoder are required (see merc-extract --help)"))
+    if from_store and root is not None:
+        _fail(ValueError("--from-store takes the manifest from the store: pass either --root or --from-store"))
+    if not (dataset and (root or from_store) and encoder):
+        _fail(ValueError("--dataset, --root (or --from-store) and --encoder are required (see merc-extract --help)"))
     from merc.data_manifests.errors import MercError
 
     encoder_options = {"keep_frames": keep_frames, "batch_budget": batch_budget, "prompt_context": prompt_context,
@@ -79,7 +85,9 @@ def extract(
         code = _run_extract(dataset, root, encoder, store, feature_set, name, modalities, protocol, workers,
                             scheduler, decode_workers, device, dtype, pooling, layers, max_seconds, channels, window,
                             overwrite, allow_missing, encoder_options=encoder_options,
-                            adapter_options=_adapter_options(adapter_option))
+                            adapter_options={**_adapter_options(adapter_option),
+                                             **({"labels_from": str(labels_from)} if labels_from else {})},
+                            from_store=from_store)
     except MercError as exc:
         _fail(exc)
     raise typer.Exit(code)
@@ -87,7 +95,8 @@ def extract(
 
 def _run_extract(dataset, root, encoder_name, store, feature_set, name, modalities, protocol, workers, scheduler,
                  decode_workers, device, dtype, pooling, layers, max_seconds, channels, window, overwrite,
-                 allow_missing, encoder_options: dict | None = None, adapter_options: dict | None = None) -> int:
+                 allow_missing, encoder_options: dict | None = None, adapter_options: dict | None = None,
+                 from_store: bool = False) -> int:
     from merc.extract.encoders import EncoderRequest
     from merc.extract.media import AudioPolicy
     from merc.extract.store.writer import check_writable
@@ -97,7 +106,7 @@ def _run_extract(dataset, root, encoder_name, store, feature_set, name, modaliti
     req = EncoderRequest(encoder_name, pooling=pooling, layers=layers, device=device, dtype=dtype,
                          audio=AudioPolicy(max_seconds=max_seconds, channels=channels), **(encoder_options or {}))
     options: dict = {**(adapter_options or {}), **({"protocol": protocol} if protocol else {})}
-    job = _Job(console, req, dataset, root, store, feature_set, name, modalities, options)
+    job = _Job(console, req, dataset, root, store, feature_set, name, modalities, options, from_store)
     try:
         return job.run(workers, scheduler, decode_workers, window, overwrite, allow_missing)
     except KeyboardInterrupt:
@@ -121,17 +130,47 @@ def _adapter_options(items: list[str] | None) -> dict:
     return out
 
 
+def _reference_manifest(path: str, dataset: str, console):
+    """`--labels-from FILE`: the file's corpus description, read by the importer (never by pickle.load)."""
+    from merc.extract.importers import read_import
+
+    family, corpus = read_import(path, dataset)
+    m = corpus.manifest
+    m.root = str(Path(path).resolve())
+    m.policies = {**m.policies, "label_source": f"{corpus.provenance.get('family')} ({family} importer)"}
+    console.print(f"labels from {path}: {corpus.provenance.get('family')}, {len(m.dialogues)} dialogues, "
+                  f"{m.n_utterances} utterances")
+    return m
+
+
 class _Job:
     """One merc-extract run: encoder, manifest, plan, extraction, report (kept on an object so that an
     interruption can still say what was committed)."""
 
-    def __init__(self, console, req, dataset, root, store, feature_set, name, modalities, options):
+    def __init__(self, console, req, dataset, root, store, feature_set, name, modalities, options, from_store=False):
         self.console, self.req, self.dataset, self.root, self.store = console, req, dataset, root, store
         self.feature_set, self.name, self.modalities, self.options = feature_set, name, modalities, options
+        self.from_store = from_store
         self.writer = None
 
-    def run(self, workers, scheduler, decode_workers, window, overwrite, allow_missing) -> int:
+    def _manifest(self, info: dict):
+        """The corpus's manifest: from its adapter, or (--from-store) the table the store holds."""
         from merc.data_manifests.adapters import load_manifest
+
+        if self.from_store:
+            from merc.extract.store import StoreReader
+
+            return StoreReader(self.store).manifest(self.name or self.dataset), None
+        options = dict(self.options)
+        if self.dataset in ("meld", "iemocap", "mosi", "mosei"):
+            options["modalities"] = (tuple(self.modalities.split(",")) if self.modalities else (info["modality"],))
+        source = {"adapter": self.dataset, "options": {k: v for k, v in self.options.items()}}
+        if isinstance(options.get("labels_from"), str):  # the adapter gets the file's manifest, the store its path
+            options["labels_from"] = _reference_manifest(options["labels_from"], self.dataset, self.console)
+        return load_manifest(self.dataset, self.root, **options), source
+
+
+    def run(self, workers, scheduler, decode_workers, window, overwrite, allow_missing) -> int:
         from merc.extract.distributed import describe_encoder, make_client, run_on_dask
         from merc.extract.encoders import build_encoder, feature_set_name
         from merc.extract.runner import Extraction
@@ -146,17 +185,12 @@ class _Job:
                 fingerprint, info = enc.fingerprint(), enc.info()
             else:  # the model loads on the workers only
                 fingerprint, info = client.submit(describe_encoder, req, pure=False).result()
-            options = dict(self.options)
-            if self.dataset in ("meld", "iemocap"):
-                options["modalities"] = (tuple(self.modalities.split(",")) if self.modalities
-                                         else (info["modality"],))
-            manifest = load_manifest(self.dataset, self.root, **options)
+            manifest, source = self._manifest(info)
             _print_notes(console, [str(f) for f in manifest.findings])
-            ds_name = self.name or manifest.name
+            ds_name = self.name or (self.dataset if self.from_store else manifest.name)
             fs_name = self.feature_set or feature_set_name(req.name)
             where = f"{ds_name}/{fs_name}"
             self.writer = writer = StoreWriter(self.store, ds_name, fs_name)
-            source = {"adapter": self.dataset, "options": {k: v for k, v in self.options.items()}}
             notes = writer.open(manifest, fingerprint=fingerprint, info=info, overwrite=overwrite, source=source)
             plan = writer.plan(manifest)
             _print_notes(console, notes + plan.notes(where))
@@ -257,10 +291,77 @@ def status(store: Annotated[Path, typer.Option(help="Zarr store.")] = Path("cach
     console.print(table)
     for line in summaries:
         console.print(line)
+    _print_provenance(console, reader)
     if failures:
         for r in rows:
             for f in r["failures"]:
                 console.print(f"{r['dataset']}/{r['feature_set']} {f['utterance_id']}: {f['file']}: {f['problem']}")
+
+
+def _print_provenance(console, reader) -> None:
+    """Where imported tables and feature sets came from (file, SHA-256, family, dev split, label map)."""
+    from merc.extract.importers.summary import provenance_line
+    from merc.extract.store.verify import provenance_rows
+
+    rows = provenance_rows(reader)
+    if rows:
+        console.print("provenance:")
+    for where, prov, is_dataset in rows:
+        console.print(f"  {_escape(provenance_line(where, prov, full=is_dataset))}", soft_wrap=True)
+
+
+@app.command("import")
+def import_file(
+    file: Annotated[Path, typer.Argument(help="The file to import: a legacy ERC pickle (DialogueRNN, DialogueGCN, MMGCN, SDT, COSMIC, COGMEN, CORECT), a COSMIC text pickle, an MMSA pickle or a .csd.")],
+    dataset: Annotated[str, typer.Option(help="The corpus the file holds: iemocap, meld, mosi, mosei.")],
+    store: Annotated[Path, typer.Option(help="Zarr store to write (created if missing).")] = Path("cache.zarr"),
+    labels: Annotated[Path | None, typer.Option(help="The labels file, for families that keep them apart (.csd).")] = None,
+    name: Annotated[str | None, typer.Option(help="Dataset name inside the store [default: --dataset].")] = None,
+    family: Annotated[str | None, typer.Option(help="Importer family (erc, cosmic-text, mmsa, csd) [default: detected from the file's structure].")] = None,
+    dev_split: Annotated[str | None, typer.Option(help="Files without a dev list: auto (MELD official, from the dialogue keys; else none), first-10% (COGMEN's rule) or none.")] = None,
+    option: Annotated[list[str] | None, typer.Option(help="An importer option as key=value, repeatable (erc: classes=4).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a feature set or dataset table made from another file.")] = False,
+) -> None:
+    """Import a feature file the community shares into the store: checked, checksummed, verified like an extraction."""
+    from merc.data_manifests.errors import MercError
+
+    console = _console()
+    try:
+        from merc.extract.importers import read_import, write_import
+        from merc.extract.importers.summary import detected_lines
+
+        options = {k: _typed(v) for k, v in _adapter_options(option).items()}
+        if labels is not None:
+            options["labels"] = labels
+        if dev_split is not None:
+            options["dev_split"] = dev_split
+        found, corpus = read_import(file, dataset, family, **options)
+        for line in detected_lines(found, corpus):
+            console.print(_escape(line), soft_wrap=True)
+        summary = write_import(store, corpus, name or dataset, overwrite=overwrite)
+    except MercError as exc:
+        _fail(exc)
+    _print_notes(console, summary["notes"])
+    for fs in summary["feature_sets"]:
+        console.print(f"{summary['dataset']}/{fs['name']}: dim {fs['dim']} {fs['modality']} ({fs['dtype']}), "
+                      f"{fs['written']} dialogue(s) written, {fs['kept']} already committed")
+    sets = ", ".join(fs["name"] for fs in summary["feature_sets"])
+    console.print(f"[bold]imported[/] {_escape(file.name)} ({summary['family']}) into {store} as {summary['dataset']}: "
+                  f"{summary['dialogues']} dialogues, {summary['utterances']} utterances, "
+                  + (f"{len(summary['feature_sets'])} feature set(s): {sets}" if sets else
+                     f"manifest only; encode it with merc-extract --dataset {summary['dataset']} --from-store "
+                     f"--encoder <text encoder> --store {store}"), soft_wrap=True)
+
+
+def _typed(value):
+    """`--option` values: integers and numbers as such, the rest as text."""
+    if isinstance(value, str):
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    return value
 
 
 @app.command()

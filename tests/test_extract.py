@@ -169,7 +169,7 @@ def test_batches_respect_budget_and_sort_by_length():
 
 
 def test_missing_arguments_and_unknown_encoder_give_clear_errors(corpus, tmp_path):
-    assert "--dataset, --root and --encoder are required" in run("--store", tmp_path / "x.zarr", check_code=2).stdout
+    assert "--dataset, --root (or --from-store) and --encoder are required" in run("--store", tmp_path / "x.zarr", check_code=2).stdout
     out = run("--dataset", "manifest", "--root", corpus, "--encoder", "nope", "--store", tmp_path / "x.zarr",
               check_code=2).stdout
     assert "unknown encoder 'nope'" in out and "minilm" in out

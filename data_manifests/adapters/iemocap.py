@@ -76,7 +76,7 @@ class _Turn:
 @ADAPTERS.register("iemocap", "IEMOCAP_full_release (6-erc, 4-erc, 4-ser protocols)")
 def load_iemocap(root: str | Path, *, protocol: str = "6-erc", dev_fraction: float = 0.1, dev_seed: int = 0,
                  dev_dialogues: Sequence[str] | str | None = None,
-                 modalities: Sequence[str] = ("text", "audio")) -> Manifest:
+                 modalities: Sequence[str] = ("text", "audio"), labels_from: Manifest | None = None) -> Manifest:
     """Build a validated IEMOCAP manifest from `root` (IEMOCAP_full_release or a folder above it).
 
     protocol: "6-erc", "4-erc" or "4-ser" (see the module docstring); valence/arousal/dominance are
@@ -84,6 +84,9 @@ def load_iemocap(root: str | Path, *, protocol: str = "6-erc", dev_fraction: flo
     dev_fraction, dev_seed: dev = a seeded random fraction of the Session 1-4 dialogues.
     dev_dialogues: an explicit dev list instead (dialog names such as "Ses01F_impro01"), or "cosmic".
     modalities: with ``("text",)`` the sentence wav folders are optional.
+    labels_from: a reference manifest read from a community pickle (`merc-extract --labels-from FILE` reads it
+    with the importer): its utterance set, labels and dev split replace the consensus ones, the release
+    gives clips, times and text (iemocap_align.py). Every utterance it could not align is a finding.
     """
     root = require_root(root, "IEMOCAP", fix="pass the IEMOCAP_full_release folder (it holds Session1..Session5)")
     if protocol not in PROTOCOLS:
@@ -102,7 +105,16 @@ def load_iemocap(root: str | Path, *, protocol: str = "6-erc", dev_fraction: flo
     raise_problems(problems)
     dev = _choose_dev(turns, dev_fraction, dev_seed, dev_dialogues, release, policies)
     space, mapping, _ = PROTOCOLS[protocol]
-    dialogues = _build_dialogues(turns, texts, mapping, dev, sessions, policies, findings)
+    if labels_from is not None:
+        from .iemocap_align import aligned_dialogues
+
+        dialogues, space = aligned_dialogues(turns, texts, labels_from, sessions, policies, findings, _utterance,
+                                             TEST_SESSION)
+        if not any(d.split == "dev" for d in labels_from.dialogues):
+            dialogues = [Dialogue(d.id, "dev", [_with_split(u, "dev") for u in d.utterances])
+                         if d.id in dev and d.split == "train" else d for d in dialogues]
+    else:
+        dialogues = _build_dialogues(turns, texts, mapping, dev, sessions, policies, findings)
     manifest = Manifest(name="iemocap", root=str(release), dialogues=dialogues, policies=policies,
                         findings=findings, label_spaces={"emotion": space, **IEMOCAP_VAD})
     manifest.validate()
@@ -347,6 +359,11 @@ def _build_dialogues(turns: list[_Turn], texts: dict[str, str], mapping: dict[st
         else:
             policies["dropped"]["empty_dialogues"].append(name)
     return dialogues
+
+
+def _with_split(u: Utterance, split: str) -> Utterance:
+    u.split = split
+    return u
 
 
 def _utterance(t: _Turn, texts: dict[str, str], mapping: dict[str, str], split: str, sessions: dict[int, Path],

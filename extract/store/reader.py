@@ -111,9 +111,12 @@ class StoreReader:
             try:
                 self._tables[dataset] = tbl.read_table(self._dataset_folder(dataset), attrs.get("manifest_checksums"))
             except DamagedError as exc:
+                rerun = (self._import_command(dataset, "", {"encoder": "import:"}, attrs)
+                         if (attrs.get("source") or {}).get("adapter") == "import" else
+                         f"merc-extract --dataset {dataset} --root {attrs['manifest'].get('root') or '<corpus>'} "
+                         f"--encoder <any> --store {self.path}")
                 raise StoreError(f"{dataset}: {exc.finding.problem}", file=str(self.path / dataset),
-                                 fix=f"rerun merc-extract --dataset {dataset} --root {attrs['manifest'].get('root') or '<corpus>'} "
-                                     f"--encoder <any> --store {self.path}: it rewrites the table, features are kept") from None
+                                 fix=f"rerun {rerun}: it rewrites the table, features are kept") from None
         return self._tables[dataset]
 
     def label_spaces(self, dataset: str) -> dict[str, LabelSpace]:
@@ -283,12 +286,32 @@ class StoreReader:
             attrs = {"manifest": {}}
         source = attrs.get("source") or {}
         encoder = info.get("encoder") or feature_set
+        if source.get("adapter") == "import":
+            return self._import_command(dataset, feature_set, info, attrs)
         parts = [f"merc-extract --dataset {source.get('adapter', dataset)} --root {root} --encoder {encoder}"]
         for k, v in sorted((source.get("options") or {}).items()):
             value = ",".join(v) if isinstance(v, (list, tuple)) else v
             parts.append(f"--protocol {value}" if k == "protocol" else f"--adapter-option {k}={value}")
         if attrs["manifest"].get("name", dataset) != dataset:
             parts.append(f"--name {dataset}")
+        if encoder != feature_set:
+            parts.append(f"--feature-set {feature_set}")
+        if FRAMES in info.get("levels", []):
+            parts.append("--keep-frames")
+        parts.append(f"--store {self.path}")
+        return " ".join(parts)
+
+    def _import_command(self, dataset: str, feature_set: str, info: dict, attrs: dict) -> str:
+        """An imported dataset: `merc-extract import` rewrites an imported feature set; a feature set extracted
+        from the imported manifest is redone with `--from-store`."""
+        encoder = info.get("encoder") or feature_set
+        corpus = attrs["manifest"].get("name", dataset)
+        name = f" --name {dataset}" if corpus != dataset else ""
+        if str(encoder).startswith("import:"):
+            files = (attrs.get("source") or {}).get("options", {}).get("files") or ["<file>"]
+            labels = f" --labels {files[1]}" if len(files) > 1 else ""
+            return f"merc-extract import {files[0]}{labels} --dataset {corpus}{name} --store {self.path}"
+        parts = [f"merc-extract --dataset {dataset} --from-store --encoder {encoder}"]
         if encoder != feature_set:
             parts.append(f"--feature-set {feature_set}")
         if FRAMES in info.get("levels", []):

@@ -128,8 +128,29 @@ def status_rows(reader: StoreReader) -> list[dict]:
                          "modality": info.get("modality", ""), "dim": info.get("dim"),
                          "dialogues_done": current, "dialogues_stale": stale, "dialogues_total": n_dia,
                          "utterances_failed": report.get("utterances_failed", 0), "packed": packed,
-                         "fingerprint": info.get("fingerprint_hash"), "failures": report.get("failures", [])})
+                         "fingerprint": info.get("fingerprint_hash"), "failures": report.get("failures", []),
+                         "provenance": info.get("provenance")})
     return rows
 
 
-__all__ = ["Report", "dialogue_key", "status_rows", "verify_store"]
+def provenance_rows(reader: StoreReader) -> list[tuple[str, dict, bool]]:
+    """(where, provenance, is_dataset) of every imported dataset table and feature set (for `status`)."""
+    out = []
+    for ds in reader.datasets():
+        try:
+            prov = (reader.dataset_attrs(ds)["manifest"].get("policies") or {}).get("import")
+        except StoreError:
+            continue
+        if prov:
+            out.append((ds, prov, True))
+        for fs in reader.feature_sets(ds):
+            try:
+                fs_prov = reader.info(ds, fs).get("provenance")
+            except StoreError:
+                continue
+            if fs_prov:
+                out.append((f"{ds}/{fs}", fs_prov, False))
+    return out
+
+
+__all__ = ["Report", "dialogue_key", "provenance_rows", "status_rows", "verify_store"]

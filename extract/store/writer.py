@@ -121,6 +121,13 @@ class StoreWriter:
         self._dialogues = {d.id: d for d in manifest.dialogues}
         return notes
 
+    def open_dataset(self, manifest: Manifest, *, source: dict | None = None) -> list[str]:
+        """Create or update the store and the dataset's manifest table only (no feature set): an import of a
+        file that holds a corpus description and no features (COSMIC's text pickles)."""
+        check_writable(self.path)
+        self._io(lambda: self._open_root())
+        return self._io(lambda: self._open_dataset(manifest, source))
+
     def _io(self, fn):
         try:
             return fn()
@@ -390,6 +397,8 @@ def _media_changed(previous: dict[str, np.ndarray], cols: dict[str, np.ndarray])
 def _source_words(source: dict | None) -> str:
     if not source:
         return "unrecorded options"
+    if source.get("adapter") == "import":
+        return f"merc-extract import of {', '.join(map(str, (source.get('options') or {}).get('files') or ['a file']))}"
     opts = ", ".join(f"{k}={v}" for k, v in sorted((source.get("options") or {}).items()))
     return f"--dataset {source.get('adapter')}" + (f" {opts}" if opts else "")
 
