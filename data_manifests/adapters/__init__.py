@@ -21,6 +21,8 @@ AdapterFn = Callable[..., Manifest]
 ADAPTERS: Registry[AdapterFn] = Registry("dataset", lazy={
     "meld": "merc.data_manifests.adapters.meld",
     "iemocap": "merc.data_manifests.adapters.iemocap",
+    "mosi": "merc.data_manifests.adapters.mosi",
+    "mosei": "merc.data_manifests.adapters.mosi",
     "manifest": "merc.data_manifests.adapters.generic",
 })
 
