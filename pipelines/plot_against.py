@@ -258,9 +258,11 @@ def _draw(groups: list[Group], key: str, metric: str, split: str, log_x: bool, p
     elif not log_x:
         ax.set_xticks(x, [g.label for g in groups])
     ax.set_xlabel(key)
-    ax.set_ylabel(f"{metric} ({split})")
+    from .report import metric_name
+
+    ax.set_ylabel(f"{metric_name(metric)} ({split})")
     n_runs = sum(g.n for g in groups)
-    ax.set_title(f"{metric} ({split}) against {key}\nmean ± std over the runs of each value (seeds), {n_runs} runs",
+    ax.set_title(f"{metric_name(metric)} ({split}) against {key}\nmean ± std over the runs of each value (seeds), {n_runs} runs",
                  fontsize=9)
     fig.tight_layout()
     return save(fig, path)
