@@ -245,3 +245,17 @@ def test_kept_features_are_read_once_and_equal_a_fresh_read(store):
             HeadsData.load(path, "synth", features, fingerprints={"t": "0" * 16})
     finally:
         feature_cache.clear()
+
+
+def test_an_existing_dask_scheduler_takes_the_runs(store, tmp_path):
+    """`--scheduler ADDR`: the runs go to a running cluster's workers (here a LocalCluster started by the test);
+    each run's torch threads are this host's cores shared among the cluster's worker threads on it."""
+    from distributed import LocalCluster
+
+    path, features = store
+    spec = spec_dict(features, grid={}, variants=[{"name": "only"}], seeds=[5])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        outcome = run_sweep(spec, store=path, out=tmp_path / "runs", scheduler=cluster.scheduler_address)
+    assert [r["status"] for r in outcome.results] == ["complete"]
+    assert outcome.results[0]["threads"] == max(1, (os.cpu_count() or 1) // 1)
+    assert json.loads((Path(outcome.results[0]["run_dir"]) / "sweep.json").read_text())["seed"] == 5
