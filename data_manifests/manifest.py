@@ -79,16 +79,22 @@ class Utterance:
     # SHA-256 of the media file's content, filled in by merc-extract for encoders that read media: a
     # feature's identity is what the encoder read, so a changed clip is re-encoded and a moved one is not
     media_digest: str | None = None
+    # other names of this utterance in other releases of the corpus (e.g. the CMU-MultimodalSDK key
+    # ``vid[2]`` of the segment MMSA calls ``vid$_$3``), so files of several families meet on one utterance.
+    # Names, not content: left out of the manifest's digest.
+    aliases: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["labels"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.labels.items()}
+        d["aliases"] = list(self.aliases)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Utterance:
         d = dict(d)
         d["labels"] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get("labels", {}).items()}
+        d["aliases"] = tuple(d.get("aliases") or ())
         return cls(**d)
 
 

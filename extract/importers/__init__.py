@@ -39,15 +39,21 @@ class Importer(Protocol):
 # name -> importer; each module registers its own with `@IMPORTERS.register(name, description)`. Tried in this
 # order by `find_importer`. A module that is not there (yet) only fails when its family is chosen by name.
 IMPORTERS: Registry[Any] = Registry("importer family", lazy={
+    "cogmen-mosei": "merc.extract.importers.cogmen_mosei",
     "erc": "merc.extract.importers.erc_pickle",
     "cosmic-text": "merc.extract.importers.erc_pickle",
+    "cosmic-comet": "merc.extract.importers.comet",
     "mmsa": "merc.extract.importers.mmsa",
     "csd": "merc.extract.importers.csd",
 })
-FAMILY_HINTS = {  # for error messages, without importing anything
+FAMILY_HINTS = {  # for error messages, without importing anything; tried in this order
+    "cogmen-mosei": "COGMEN/CORECT MOSEI pickles categorical.p / tbje_mosei_updated.pkl (9/10-tuples, audio 80, "
+                    "visual 35)",
     "erc": "legacy ERC feature pickles: DialogueRNN / DialogueGCN / MMGCN / MM-DFN / SDT / COSMIC / COGMEN / "
            "CORECT (tuples of per-dialogue dicts + split lists; dicts of Sample lists)",
     "cosmic-text": "COSMIC text-only pickles iemocap.pkl / meld.pkl (speakers, labels, sentences, split ids)",
+    "cosmic-comet": "COSMIC COMET features *_features_comet.pkl (9 dicts xIntent ... oReact), added onto a "
+                    "dataset already in the store",
     "mmsa": "MMSA aligned_50.pkl / unaligned_50.pkl ({train, valid, test} of arrays)",
     "csd": "CMU-MultimodalSDK computational sequences (.csd, HDF5) with a --labels csd",
 }

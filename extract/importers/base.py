@@ -48,6 +48,13 @@ class ImportedCorpus:
     #   "label_map": {space: {index: class}}   the file's label indices
     # anything else JSON-able is kept as it is.
     provenance: dict[str, Any] = field(default_factory=dict)
+    # whether the features may go onto a dataset the store already holds (attach.py):
+    #   "no"        the import brings its corpus description; another one in the store is refused (ERC pickles)
+    #   "if-stored" MOSI/MOSEI files: when the store holds the dataset with another description, the features are
+    #               placed on its utterances (by id or alias, else by segment order verified by the sentiment labels)
+    #   "required"  files with no labels or splits (COSMIC COMET): `manifest` is provisional (dialogues and counts
+    #               only) and must match the stored one dialogue by dialogue
+    attach: str = "no"
 
 
 def sha256_of(path: str | Path) -> str:

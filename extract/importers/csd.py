@@ -14,6 +14,9 @@ Why it is built this way (formats.md C):
   midpoint); one keyed ``vid[i]`` already holds each segment's frames. The utterance vector is the mean of
   the segment's frames, and the frames are kept. A csd of words (string features, e.g. TimestampedWords)
   gives the utterances their text instead of a feature set.
+* Imported into a dataset the store already holds (from MMSA or the raw adapter, ids ``<video>_<clip>``),
+  the segments go onto the stored utterances instead (attach.py): by alias, else by order within the video
+  when the counts and every sentiment label agree; ``vid[i]`` becomes the stored utterance's alias.
 * -inf / NaN values (COVAREP has -inf) are counted per key and handled by a named policy (nonfinite.py).
 * A csd carries no split: the standard folds shipped in data_manifests/splits decide (a missing list is an
   error naming it); videos in no fold are left out and counted.
@@ -355,7 +358,10 @@ def read(path: str | Path, dataset: str, *, labels: str | Path | None = None,
                        "segments": "keys vid[i]" if ff.seq.aligned else SEGMENT_RULE}
         feats.append(fs)
     provenance = _provenance(corpus, label_seq, width, built, folds, left_out, nan_policy, manifest, keep)
-    return ImportedCorpus(manifest=manifest, features=feats, provenance=provenance)
+    # into a dataset the store already holds (MMSA's or the raw adapter's ids <video>_<clip>), the segments are
+    # placed on the stored utterances by segment order checked by the sentiment labels (attach.py), since the
+    # SDK index i is the label row, not the clip id; the SDK key is then recorded as the utterance's alias
+    return ImportedCorpus(manifest=manifest, features=feats, provenance=provenance, attach="if-stored")
 
 
 def _in_folds(segments: dict[str, list[_Segment]], folds: FoldLists,

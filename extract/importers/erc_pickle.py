@@ -89,7 +89,8 @@ class _Base:
         corpus = dataset.strip().lower()
         if corpus not in CORPORA:
             raise ErcImportError(f"the legacy ERC pickles hold IEMOCAP or MELD, not {dataset!r}", file=str(path),
-                                 fix="pass --dataset iemocap or --dataset meld")
+                                 fix="pass --dataset iemocap or --dataset meld (COGMEN/CORECT's MOSEI pickles, with "
+                                     "audio 80 / visual 35, are read by the cogmen-mosei family)")
         if dev_split not in DEV_POLICIES:
             raise ErcImportError(f"unknown dev-split policy {dev_split!r}", file=str(path),
                                  fix=f"use one of {', '.join(DEV_POLICIES)}")

@@ -10,7 +10,8 @@ Why it is built this way (formats.md D):
   the lengths) the all-zero frames at either end are taken as padding. The utterance vector is the mean
   over the real frames only; the frames go to the store for heads such as MMoLRE.
 * ``id`` is ``"<video_id>$_$<clip_id>"``: the video is the dialogue, segments are ordered by clip index
-  as a number, and ids stay strings. The file's ``valid`` split is the dev split ("official").
+  as a number, and ids stay strings. The utterance id is the raw adapter's ``<video_id>_<clip_id>``; the
+  file's own form is kept as an alias (formats.md H6). The file's ``valid`` split is the dev split ("official").
 * Released COVAREP features hold ``-inf``; they are handled by a named policy (nonfinite.py), counted and
   recorded in the provenance.
 * The pickle is read only through the restricted unpickler (`safe_pickle.load`), never `pickle.load`.
@@ -181,7 +182,9 @@ def from_object(obj: Any, dataset: str, *, source: str | Path, nan_policy: str =
         "has_config": "config" in obj,
         "ignored_keys": ignored,
     }
-    return ImportedCorpus(manifest=manifest, features=features, provenance=provenance)
+    # a dataset the store already holds (the raw adapter's, or a .csd import's) gets these features on its
+    # utterances (attach.py): by id / alias, else by segment order checked by the sentiment labels
+    return ImportedCorpus(manifest=manifest, features=features, provenance=provenance, attach="if-stored")
 
 
 # --- samples and dialogues ------------------------------------------------------------------------------
@@ -231,7 +234,8 @@ def _dialogues(samples: list[Sample], file: str) -> tuple[list[Dialogue], dict[s
         order[video] = [(s[2], s[3]) for s in segs]
         dialogues[splits[0]].append(Dialogue(id=video, split=splits[0], utterances=[
             Utterance(id=utterance_id(video, clip), dialogue_id=video, speaker=video, text="", split=split,
-                      source_file=file, source_row=row) for _, clip, split, row in segs]))
+                      source_file=file, source_row=row, aliases=(f"{video}{ID_SEPARATOR}{clip}",))
+            for _, clip, split, row in segs]))
     return [d for s in ("train", "dev", "test") for d in dialogues[s]], order
 
 

@@ -1,5 +1,8 @@
 """`write_import`: commit an `ImportedCorpus` into a store exactly as an extraction commits features.
 
+A file of a second family for a dataset the store already holds (MOSI/MOSEI from MMSA and from `.csd`, COSMIC's
+COMET vectors) is placed on the stored utterances instead (attach.py): the stored description is kept.
+
 Everything is checked BEFORE the first byte is written (the manifest validates, every feature set has
 every dialogue with one finite row per utterance and one width, the store holds nothing this import would
 silently replace), so a wrong file leaves the store as it was. Then the manifest table and each feature
@@ -27,6 +30,7 @@ from merc.data_manifests.manifest import Manifest
 from ..store.files import read_attrs
 from ..store.layout import FLOAT16_MAX, FRAMES, RESERVED_NAMES, UTTERANCE, fingerprint_hash, finite_abs_max
 from ..store.writer import StoreWriter, check_writable
+from .attach import attach, needs_attach
 from .base import ImportedCorpus, ImportedFeatures
 
 IMPORT_FORMAT = 1  # bump when the way imported numbers are stored changes
@@ -46,24 +50,32 @@ def write_import(store: str | Path, corpus: ImportedCorpus, dataset: str, *, ove
     dim, modality, levels, dtype, written, kept}], "notes": [...], "provenance": {...}}.
     """
     store = Path(store)
+    check_writable(store)
+    attached = None
+    if needs_attach(store, dataset, corpus, overwrite):  # features onto the stored utterances (attach.py)
+        corpus, attached = attach(store, dataset, corpus)
     manifest = corpus.manifest
     provenance = _provenance(corpus)
     where = _where(provenance)
-    check_writable(store)
     _check_dataset_name(dataset, where)
     manifest.validate()
     plans = [_plan_features(fs, manifest, provenance, where) for fs in corpus.features]
     _check_unique([p["fs"].name for p in plans], where)
-    _check_store(store, dataset, manifest, plans, overwrite)
+    _check_store(store, dataset, manifest, plans, overwrite, attached=attached is not None)
     source = {"adapter": "import", "options": {"family": provenance["family"],
                                                "files": [s.get("file") for s in provenance["sources"]],
                                                "sha256": [s.get("sha256") for s in provenance["sources"]]}}
-    manifest.policies = {**manifest.policies, "import": provenance}
-    notes = StoreWriter(store, dataset, "-").open_dataset(manifest, source=source)
+    if attached is None:
+        manifest.policies = {**manifest.policies, "import": provenance}
+        notes = StoreWriter(store, dataset, "-").open_dataset(manifest, source=source)
+    else:  # the stored description stays (its source and provenance); only new aliases are written
+        kept = (read_attrs(store / dataset) or {}).get("source")
+        notes = StoreWriter(store, dataset, "-").open_dataset(manifest, source=kept) + attached.lines(dataset)
     summaries = [_write_feature_set(store, dataset, manifest, p, source, overwrite, notes) for p in plans]
     return {"store": str(store), "dataset": dataset, "family": provenance["family"],
             "dialogues": len(manifest.dialogues), "utterances": manifest.n_utterances,
-            "feature_sets": summaries, "notes": notes, "provenance": provenance}
+            "feature_sets": summaries, "notes": notes, "provenance": provenance,
+            "attached": attached.to_dict() if attached is not None else None}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -190,12 +202,14 @@ def _check_frames(fs: ImportedFeatures, dia: str, n: int, dim: int, here: str, w
     return frames
 
 
-def _check_store(store: Path, dataset: str, manifest: Manifest, plans: list[dict], overwrite: bool) -> None:
-    """Refuse what the writer would otherwise replace half-way: another table, another feature set."""
+def _check_store(store: Path, dataset: str, manifest: Manifest, plans: list[dict], overwrite: bool, *,
+                 attached: bool = False) -> None:
+    """Refuse what the writer would otherwise replace half-way: another table, another feature set. An attached
+    import's manifest IS the stored one (read back from the table, float32 labels and all): no table check."""
     attrs = read_attrs(store / dataset)
     if attrs is None:
         return
-    if attrs.get("manifest_digest") not in (None, manifest.digest()) and not overwrite:
+    if not attached and attrs.get("manifest_digest") not in (None, manifest.digest()) and not overwrite:
         others = [c.name for c in (store / dataset).iterdir() if c.is_dir() and c.name != "manifest"]
         raise ImportValidationError(
             f"the store's dataset {dataset!r} holds another corpus description ({attrs.get('n_dialogues')} dialogues, "

@@ -308,8 +308,14 @@ class StoreReader:
         corpus = attrs["manifest"].get("name", dataset)
         name = f" --name {dataset}" if corpus != dataset else ""
         if str(encoder).startswith("import:"):
-            files = (attrs.get("source") or {}).get("options", {}).get("files") or ["<file>"]
-            labels = f" --labels {files[1]}" if len(files) > 1 else ""
+            # the feature set's own sources first: an import added onto a stored dataset (attach.py) has other files
+            sources = (info.get("provenance") or {}).get("sources") or []
+            label_files = [s.get("file") for s in sources if s.get("role") == "labels"]
+            files = [s.get("file") for s in sources if s.get("role") != "labels" and s.get("file")]
+            if not files:
+                files = (attrs.get("source") or {}).get("options", {}).get("files") or ["<file>"]
+                label_files = files[1:2]
+            labels = f" --labels {label_files[0]}" if label_files else ""
             return f"merc-extract import {files[0]}{labels} --dataset {corpus}{name} --store {self.path}"
         parts = [f"merc-extract --dataset {dataset} --from-store --encoder {encoder}"]
         if encoder != feature_set:

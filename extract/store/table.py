@@ -8,6 +8,8 @@ Columns (rows in manifest order; readable with zarr-python, xarray or dask, no m
     start, end [float64] seconds (NaN = whole file)
     media_digest [str] SHA-256 of the clip's content ("" = none), media_size / media_mtime_ns [int64]:
         the file's size and mtime when it was hashed, so an unchanged clip is never hashed twice
+    aliases [str] (only when some utterance has one) the utterance's other names, joined by "|"
+        (e.g. the CMU-MultimodalSDK key ``vid[2]`` of segment ``vid_3``); stores without the column read as none
     label_<space>: categorical [int16] class index (-1 = none), regression [float32] (NaN = none),
                    multilabel [int8, N x C] 0/1 per class (-1 = none)
 
@@ -31,6 +33,7 @@ from .files import Checksums, DamagedError, check_files, sha256
 from .layout import MANIFEST
 
 STRING_COLUMNS = ("utterance_id", "dialogue_id", "speaker", "split", "text", "media", "media_digest", "source_file")
+ALIAS_SEPARATOR = "|"
 MEDIA_COLUMNS = ("media", "media_digest", "media_size", "media_mtime_ns")
 
 
@@ -59,6 +62,8 @@ def manifest_columns(manifest: Manifest, stats: dict[str, tuple[int, int]] | Non
         "source_file": _strings(u.source_file or "" for u in utts),
         "source_row": np.array([-1 if u.source_row is None else u.source_row for u in utts], dtype=np.int64),
     }
+    if any(u.aliases for u in utts):  # optional: a store written before aliases existed has no such column
+        cols["aliases"] = _strings(ALIAS_SEPARATOR.join(u.aliases) for u in utts)
     for name, space in manifest.label_spaces.items():
         cols[f"label_{name}"] = _label_column(space, [u.labels.get(name) for u in utts])
     return cols
@@ -130,6 +135,7 @@ def manifest_from_table(meta: dict, cols: dict[str, np.ndarray]) -> Manifest:
     spaces = {s["name"]: LabelSpace.from_dict(s) for s in meta["label_spaces"]}
     n = len(cols["utterance_id"])
     labels = {name: _labels_of(space, cols[f"label_{name}"]) for name, space in spaces.items()}
+    aliases = cols.get("aliases")
     dialogues: list[Dialogue] = []
     by_id: dict[str, Dialogue] = {}
     for r in range(n):
@@ -141,7 +147,8 @@ def manifest_from_table(meta: dict, cols: dict[str, np.ndarray]) -> Manifest:
             media=str(cols["media"][r]) or None, start=_float(cols["start"][r]), end=_float(cols["end"][r]),
             source_row=int(cols["source_row"][r]) if int(cols["source_row"][r]) >= 0 else None,
             source_file=str(cols["source_file"][r]) or None,
-            media_digest=str(cols["media_digest"][r]) or None)
+            media_digest=str(cols["media_digest"][r]) or None,
+            aliases=tuple(a for a in str(aliases[r]).split(ALIAS_SEPARATOR) if a) if aliases is not None else ())
         if dia_id not in by_id:
             by_id[dia_id] = Dialogue(dia_id, u.split, [])
             dialogues.append(by_id[dia_id])

@@ -165,7 +165,8 @@ class StoreWriter:
             if source and attrs.get("source") != source:
                 notes.append(f"{self.dataset}: built with {_source_words(attrs.get('source'))} before, now with "
                              f"{_source_words(source)}")
-            elif attrs.get("manifest_digest") == manifest.digest() and not _media_changed(previous, cols):
+            elif attrs.get("manifest_digest") == manifest.digest() and not _media_changed(previous, cols) \
+                    and not _aliases_changed(previous, cols):
                 return notes
             changes = tbl.describe_changes(previous, cols)
             if changes:
@@ -392,6 +393,14 @@ def _group_keys(folder: Path) -> list[str]:
 
 def _media_changed(previous: dict[str, np.ndarray], cols: dict[str, np.ndarray]) -> bool:
     return any(not np.array_equal(previous.get(c), cols[c]) for c in tbl.MEDIA_COLUMNS if c in previous)
+
+
+def _aliases_changed(previous: dict[str, np.ndarray], cols: dict[str, np.ndarray]) -> bool:
+    """Aliases are names, not content (outside the digest), but a table that gains some must be rewritten."""
+    old, new = previous.get("aliases"), cols.get("aliases")
+    if old is None or new is None:
+        return old is not new
+    return not np.array_equal(old.astype(str), new.astype(str))
 
 
 def _source_words(source: dict | None) -> str:
