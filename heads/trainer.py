@@ -116,9 +116,23 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read at CUDA init)
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        _deterministic_algorithms()
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+def _deterministic_algorithms() -> None:
+    """`torch.use_deterministic_algorithms(True, warn_only=True)` without its import of torch._inductor (1.7 s of
+    every run's start on this CPU: torch 2.13 imports the compiler only to set its `deterministic` flag, which
+    matters only to torch.compile). Where the compiler is loaded already, or the private setter is gone, the
+    public call does both."""
+    import sys
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
 
 
 # ---------------------------------------------------------------------------------------------------

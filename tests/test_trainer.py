@@ -317,3 +317,16 @@ def test_fit_resumes_exactly_from_a_saved_state(planted, tmp_path):
         assert strip[0] == strip[1] and res.best == ref.best
         assert [c[1] for c in head.calls if c[0] == "set_stage"] == (["student"] if name == "student-0" else
                                                                      ["teacher", "student"])
+
+
+def test_seeding_sets_deterministic_algorithms_without_loading_the_compiler():
+    """seed_everything turns on deterministic algorithms (warn only) without importing torch._inductor, which
+    took 1.7 s of every run's start (tools/bench_sweep.py)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from merc.heads.trainer import seed_everything; seed_everything(3); "
+            "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
+            "'torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False"]
