@@ -19,7 +19,6 @@ and a copy of the weights, which a finished run never needs again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -35,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from merc.extract.store.files import sha256_file
 
 from .data import HeadsError
 
@@ -104,13 +105,6 @@ def remove_stale_temps(run_dir: Path) -> None:
         with contextlib.suppress(OSError):
             p.unlink()
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_model_atomic(head: torch.nn.Module, path: str | Path) -> str:

@@ -58,13 +58,9 @@ class ImportedCorpus:
 
 
 def sha256_of(path: str | Path) -> str:
-    import hashlib
+    from merc.extract.store.files import sha256_file
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def source_record(path: str | Path) -> dict[str, Any]:

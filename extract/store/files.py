@@ -38,6 +38,15 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    """SHA-256 of a file's content, read in blocks (media clips, imported files, checkpoints)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class ArrayFiles:
     """Writes whole-chunk arrays and group metadata of a local directory store, one file at a time."""
 

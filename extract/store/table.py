@@ -19,7 +19,6 @@ other array of the store: a damaged table is an error, never fill values.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 from merc.data_manifests.errors import Finding
 from merc.data_manifests.manifest import Dialogue, LabelSpace, Manifest, Utterance
 
-from .files import Checksums, DamagedError, check_files, sha256
+from .files import Checksums, DamagedError, check_files, sha256, sha256_file
 from .layout import MANIFEST
 
 STRING_COLUMNS = ("utterance_id", "dialogue_id", "speaker", "split", "text", "media", "media_digest", "source_file")
@@ -216,15 +215,12 @@ def fill_media_digests(manifest: Manifest, previous: dict[str, np.ndarray] | Non
     return stats, hashed
 
 
-def file_sha256(path: str | Path, block: int = 1 << 20) -> str | None:
-    h = hashlib.sha256()
+def file_sha256(path: str | Path) -> str | None:
+    """A media file's SHA-256, None when it cannot be read (the clip's failure is reported where it is decoded)."""
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(block):
-                h.update(chunk)
+        return sha256_file(path)
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def keep_media_of(previous: dict[str, np.ndarray], cols: dict[str, np.ndarray]) -> None:
