@@ -133,7 +133,7 @@ def test_a_killed_sweep_rerun_gives_every_run_exactly_once(store, tmp_path, how)
     untouched, the one in flight resumed from its last completed epoch, and no orphan trained on."""
     path, features = store
     spec = {"name": "kill", "head": "mlp", "dataset": "synth", "features": features, "seeds": 3,
-            "set": {"train.epochs": 40, "train.patience": 1000, "head.hidden": 256, "train.batch_size": 8}}
+            "set": {"train.epochs": 100, "train.patience": 1000, "head.hidden": 256, "train.batch_size": 8}}
     spec_file = write_spec(tmp_path, spec)
     cmd = [str(BIN), "sweep", str(spec_file), "--store", path, "--out", str(tmp_path / "runs"), "--workers", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, start_new_session=True,

@@ -119,7 +119,7 @@ def run_local(tasks: list[dict[str, Any]], workers: int, on_done) -> bool:
         running = {f: t for f, t in pending.items() if not f.cancel()}  # runs not started stay new
         # a Ctrl-C in a terminal reached the workers too; a SIGINT to the sweep alone did not: ask those still busy
         with contextlib.suppress(KeyboardInterrupt):
-            wait(running, timeout=3)
+            wait(running, timeout=0.3)  # a worker that got the Ctrl-C itself reports within milliseconds
         if any(not f.done() for f in running):
             _stop_workers(pool)
         for fut, task in running.items():
