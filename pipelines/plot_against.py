@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from merc.heads.checkpoint import atomic_path, read_status
 from merc.heads.data import HeadsError
 from merc.heads.metrics import PRIMARY
 
+from . import report
 from .plots import PLOTS_DIR, pyplot, save
 
 SWEEP_FILE = "sweep.json"
@@ -54,12 +53,12 @@ class Group:
 
     @property
     def mean(self) -> float:
-        return float(np.mean([r.metric for r in self.runs]))
+        return report.Stat([r.metric for r in self.runs]).mean
 
     @property
     def std(self) -> float:
         """Sample standard deviation over the runs (ddof=1); NaN for a single run."""
-        return float(np.std([r.metric for r in self.runs], ddof=1)) if self.n > 1 else float("nan")
+        return report.Stat([r.metric for r in self.runs]).std
 
 
 @dataclass
@@ -93,12 +92,7 @@ def run_dirs(root: Path) -> list[Path]:
 
 def lookup(tree: dict, key: str) -> Any:
     """tree["a"]["b"] for "a.b"; _MISSING when any step is absent."""
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
+    return report.lookup(tree, key, _MISSING)
 
 
 def option_value(run_dir: Path, config: dict, key: str) -> Any:
@@ -258,11 +252,9 @@ def _draw(groups: list[Group], key: str, metric: str, split: str, log_x: bool, p
     elif not log_x:
         ax.set_xticks(x, [g.label for g in groups])
     ax.set_xlabel(key)
-    from .report import metric_name
-
-    ax.set_ylabel(f"{metric_name(metric)} ({split})")
+    ax.set_ylabel(f"{report.metric_name(metric)} ({split})")
     n_runs = sum(g.n for g in groups)
-    ax.set_title(f"{metric_name(metric)} ({split}) against {key}\nmean ± std over the runs of each value (seeds), {n_runs} runs",
+    ax.set_title(f"{report.metric_name(metric)} ({split}) against {key}\nmean ± std over the runs of each value (seeds), {n_runs} runs",
                  fontsize=9)
     fig.tight_layout()
     return save(fig, path)

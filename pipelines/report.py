@@ -105,12 +105,7 @@ class RunRow:
         """A built-in key, or a dotted key of the config tree; MISSING when this run has no such key."""
         if name in self.keys:
             return self.keys[name]
-        node: Any = self.config
-        for part in name.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return MISSING
-            node = node[part]
-        return node
+        return lookup(self.config, name)
 
     def value(self, split: str, task: str, metric: str) -> float:
         """A metric of one split and task (NaN when the run has no such split, e.g. no test split)."""
@@ -256,6 +251,16 @@ def read_row(run_dir: Path, root: Path) -> RunRow:
         raise report_error(f"config.json or metrics.json is incomplete ({type(e).__name__}: {e})", file=str(run_dir),
                            fix="a run of an older merc-heads? retrain it, or move it out of the folder") from None
     return RunRow(run_dir, keys, config, splits, str(metrics.get("monitor") or ""), primary, kinds)
+
+
+def lookup(tree: dict, key: str, missing: Any = MISSING) -> Any:
+    """tree["a"]["b"] for the dotted key "a.b"; `missing` when any step is absent."""
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return missing
+        node = node[part]
+    return node
 
 
 def features_key(features: Any) -> str:

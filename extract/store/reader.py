@@ -294,12 +294,7 @@ class StoreReader:
             parts.append(f"--protocol {value}" if k == "protocol" else f"--adapter-option {k}={value}")
         if attrs["manifest"].get("name", dataset) != dataset:
             parts.append(f"--name {dataset}")
-        if encoder != feature_set:
-            parts.append(f"--feature-set {feature_set}")
-        if FRAMES in info.get("levels", []):
-            parts.append("--keep-frames")
-        parts.append(f"--store {self.path}")
-        return " ".join(parts)
+        return self._feature_set_options(parts, encoder, feature_set, info)
 
     def _import_command(self, dataset: str, feature_set: str, info: dict, attrs: dict) -> str:
         """An imported dataset: `merc-extract import` rewrites an imported feature set; a feature set extracted
@@ -318,6 +313,10 @@ class StoreReader:
             labels = f" --labels {label_files[0]}" if label_files else ""
             return f"merc-extract import {files[0]}{labels} --dataset {corpus}{name} --store {self.path}"
         parts = [f"merc-extract --dataset {dataset} --from-store --encoder {encoder}"]
+        return self._feature_set_options(parts, encoder, feature_set, info)
+
+    def _feature_set_options(self, parts: list[str], encoder: str, feature_set: str, info: dict) -> str:
+        """The end every redo command shares: the feature set's name, its frames, the store."""
         if encoder != feature_set:
             parts.append(f"--feature-set {feature_set}")
         if FRAMES in info.get("levels", []):

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,10 +202,3 @@ def describe(task: dict[str, Any], result: dict[str, Any]) -> str:
         return f"interrupted  {what}{took}: resumes when the sweep is run again"
     return f"FAILED  {what}{took}: {result.get('error', '?')}  ({result['run_dir']})"
 
-
-def resume_hint(argv: list[str]) -> str:
-    return "rerun the same command to finish it: " + " ".join(shlex.quote(a) for a in argv)
-
-
-def now() -> float:
-    return time.perf_counter()
