@@ -533,6 +533,10 @@ def sweep(
     ones and retrains failed ones. Each run's directory is named by the hash of its config tree."""
     import sys
 
+    if not (dry_run or dask or scheduler):
+        from merc.pipelines.sweep.procs import start_server
+
+        start_server()  # the workers' server imports torch while this process does (pipelines/sweep/procs.py)
     console = _console()
     try:
         from merc.pipelines.sweep import Variant, parse_seeds, run_sweep

@@ -508,13 +508,15 @@ class _RunCheckpoint(Callback):
 
     def on_best(self, head: Head, stage: str, epoch: int) -> None:
         with sigint_deferred():
-            sha = save_model_atomic(head, self.run_dir / MODEL_FILE)
-            self.record.update(model_sha256=sha, model_saved=now(), best={"stage": stage, "epoch": epoch + 1})
+            sha = save_model_atomic(head, self.run_dir / MODEL_FILE, fsync=False)  # flushed when the run ends
+            self.record.update(durable=False, model_sha256=sha, model_saved=now(),
+                               best={"stage": stage, "epoch": epoch + 1})
 
     def on_checkpoint(self, state: TrainState) -> None:
         with sigint_deferred():
             save_state(state, self.run_dir / RESUME_FILE, best_model_file=MODEL_FILE)
-            self.record.update(stage=state.stage, stage_epoch=state.epoch + 1, epochs_done=len(state.history))
+            self.record.update(durable=False, stage=state.stage, stage_epoch=state.epoch + 1,
+                               epochs_done=len(state.history))
 
 
 def _make_config(head: str, values: dict[str, Any]):

@@ -89,6 +89,21 @@ def overhead(results: list[dict], sweep_start: float) -> dict[str, float]:
             "share": statistics.mean(per_run) / statistics.mean(run)}
 
 
+def timeline(results: list[dict], sweep_start: float, wall: float) -> str:
+    """Where a sweep's wall time went, per worker: before its first run, in runs, idle after its last."""
+    by_pid: dict[int, list[dict]] = {}
+    for r in results:
+        by_pid.setdefault(r["pid"], []).append(r)
+    parts = []
+    for rs in by_pid.values():
+        first = min(x["started"] for x in rs) - sweep_start
+        last = max(x["ended"] for x in rs) - sweep_start
+        busy = sum(x["seconds"] for x in rs)
+        parts.append(f"worker {len(parts) + 1}: {len(rs)} runs, starts at {first:.2f} s, busy {busy:.1f} s, "
+                     f"done at {last:.1f} s, then idle {wall - last:.2f} s")
+    return "; ".join(parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default="demo_out/cache.zarr")
@@ -97,12 +112,19 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-sweep"))
     ap.add_argument("--skip-loop", action="store_true", help="skip the plain per-run loop (the slowest part)")
+    ap.add_argument("--cli", action="store_true", help="also time the two sweeps as whole `merc-heads sweep` commands")
     args = ap.parse_args()
     if not (Path(args.store) / "zarr.json").exists():
         raise SystemExit(f"no store at {args.store}: run `make demo` first (it writes demo_out/cache.zarr)")
     os.environ["HF_HUB_OFFLINE"] = "1"
     import merc.heads.runs  # noqa: F401 - the parent's own imports (torch ...) before any timing, so that the first
     import merc.pipelines.sweep  # noqa: F401 - sweep timed does not pay them and the second not
+    from merc.pipelines.sweep.procs import context, start_server
+
+    start_server()  # and the workers' server (the command starts it beside its own imports): ready before timing
+    warm = context().Process(target=int)
+    warm.start()
+    warm.join()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     spec = sweep_file(args.work, args.head, args.runs, args.epochs)
@@ -116,11 +138,11 @@ def main() -> None:
     t_start = time.time()
     one, res1 = sweep(spec, args.store, args.work / "w1", 1)
     ov1 = overhead(res1, t_start)
-    print(f"sweep --workers 1: {one:.1f} s", flush=True)
+    print(f"sweep --workers 1: {one:.1f} s ({timeline(res1, t_start, one)})", flush=True)
     t_start = time.time()
     two, res2 = sweep(spec, args.store, args.work / "w2", 2)
     ov2 = overhead(res2, t_start)
-    print(f"sweep --workers 2: {two:.1f} s", flush=True)
+    print(f"sweep --workers 2: {two:.1f} s ({timeline(res2, t_start, two)})", flush=True)
 
     print()
     print("| way | wall s | vs plain loop | per-run overhead (spawn share + setup) | overhead / run time |")
@@ -133,6 +155,19 @@ def main() -> None:
               f"(spawn {ov['spawn_s']:.1f} s/worker, setup first {ov['setup_first_s']:.2f} s, later "
               f"{ov['setup_later_s']:.2f} s) | {100 * ov['share']:.1f} % of {ov['run_s']:.2f} s |")
     print(f"\nspeed-up of 2 workers over 1: {one / two:.2f}x")
+    if args.cli:
+        cli = {w: cli_sweep(spec, args.store, args.work / f"cli{w}", w) for w in (1, 2)}
+        print(f"whole commands (`merc-heads sweep`, a new process each, its imports and worker server included): "
+              f"--workers 1 {cli[1]:.1f} s, --workers 2 {cli[2]:.1f} s: {cli[1] / cli[2]:.2f}x")
+
+
+def cli_sweep(spec_path: Path, store: str, out: Path, workers: int) -> float:
+    """The command a user types, timed from its start to its exit."""
+    t0 = time.perf_counter()
+    subprocess.run([str(BIN / "merc-heads"), "sweep", str(spec_path), "--store", store, "--out", str(out),
+                    "--workers", str(workers)], check=True, capture_output=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

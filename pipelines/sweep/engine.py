@@ -79,7 +79,7 @@ def tasks_for(spec: SweepSpec, states: list[tuple[PlannedRun, str]], out_dir: Pa
               ) -> list[dict[str, Any]]:
     """The runs left to do, longest first, as the dicts a worker executes."""
     todo = [(p, s) for p, s in states if s in ACTION]
-    todo.sort(key=lambda ps: -ps[0].cost)
+    todo.sort(key=lambda ps: (-ps[0].cost, -ps[0].size))
     tasks = []
     for p, state in todo:
         req = p.request
@@ -96,16 +96,16 @@ def local_threads(workers: int) -> int:
 
 
 def run_local(tasks: list[dict[str, Any]], workers: int, on_done) -> bool:
-    """Run tasks on `workers` spawned processes (spawn: no forked torch thread pools). Returns False when
+    """Run tasks on `workers` processes forked from a warm server (procs.py), or spawned. Returns False when
     interrupted (Ctrl-C): every worker is asked to stop, so its run is marked interrupted and resumable."""
-    import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    from .procs import context, parent_state
     from .worker import configure, execute
 
     threads = tasks[0]["threads"] if tasks else 1
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)) or 1, mp_context=mp.get_context("spawn"),
-                               initializer=configure, initargs=(threads,))
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)) or 1, mp_context=context(),
+                               initializer=configure, initargs=(threads, parent_state()))
     pending = {pool.submit(execute, t): t for t in tasks}  # FIFO: longest first
     try:
         while pending:

@@ -22,6 +22,7 @@ same sweep run twice, is one run. Each planned run is resolved (every key and va
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -74,6 +75,7 @@ class PlannedRun:
     request: Any  # merc.heads.runs.RunRequest
     config: Any  # merc.heads.config.RunConfig
     cost: float = 1.0  # relative expected time (longest first)
+    size: int = 0  # parameters of the head (breaks ties of cost: bigger first)
 
     @property
     def dirname(self) -> str:
@@ -248,6 +250,13 @@ def expand(spec: SweepSpec, *, store: str | None = None, out: str = "runs", over
                 seen[run_id] = label
                 planned.append(PlannedRun(run_id=run_id, variant=label, values=sets, seed=seed, head=merged.head,
                                           request=req, config=tree, cost=estimate_cost(tree)))
+    sizes: dict[str, int] = {}
+    for p in planned:  # runs of one head and schedule differ by size: the bigger start first (ties broken)
+        tree = p.config.to_dict()
+        key = json.dumps([p.head, tree["head"], tree["data"]], sort_keys=True, default=str)  # the seeds share it
+        if key not in sizes:
+            sizes[key] = parameter_count(p.config)
+        p.size = sizes[key]
     return planned
 
 
@@ -274,6 +283,37 @@ def config_id(tree: Any) -> str:
 # relative seconds per epoch on the same data (tools/bench_heads.py, 2-core CPU): only the order matters
 HEAD_COST = {"mister-e": 8.0, "summer": 3.0, "ada2i": 3.0, "mmolre": 6.0, "dialogue-gru": 1.0, "mlp": 0.5,
              "late-fusion": 0.6}
+
+
+def parameter_count(tree: Any) -> int:
+    """Parameters of the run's head, built on torch's meta device (no memory, no feature read; dims from the
+    store's metadata): a sweep starts the bigger of otherwise equal runs first. 0 when it cannot be built."""
+    try:
+        import torch
+
+        from merc.heads.data import resolve_roles, resolve_tasks
+        from merc.heads.registry import head_class
+
+        d = tree.data
+        reader = _reader(str(d.store))
+        roles = resolve_roles(reader, d.dataset, d.features)
+        dims = {r: int(reader.info(d.dataset, name)["dim"]) for r, name in roles.items()}
+        cls = head_class(tree.head_name)
+        default_tasks = getattr(cls, "default_tasks", None)
+        names = list(d.tasks) if d.tasks is not None else (default_tasks(tree.head) if default_tasks else None)
+        tasks = resolve_tasks(reader.label_spaces(d.dataset), names)
+        with torch.device("meta"):
+            head = cls(tree.head, dims, tasks)
+        return sum(p.numel() for p in head.parameters())
+    except Exception:  # noqa: BLE001 - only an ordering hint: the run itself reports what is wrong
+        return 0
+
+
+@functools.lru_cache(maxsize=8)
+def _reader(store: str):
+    from merc.extract.store.reader import StoreReader
+
+    return StoreReader(store)
 
 
 def estimate_cost(tree: Any) -> float:

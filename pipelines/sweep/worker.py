@@ -22,11 +22,15 @@ _configured: int | None = None  # threads this process was set to
 _stopping = False  # set by the first Ctrl-C/SIGTERM: runs queued to this worker after it are not started
 
 
-def configure(threads: int) -> None:
-    """Once per process (a local worker's initializer; each dask task calls it, cheaply, again)."""
+def configure(threads: int, parent: dict | None = None) -> None:
+    """Once per process (a local worker's initializer, with the sweep's directory and environment; each dask
+    task calls it, cheaply, again)."""
     global _configured
     if _configured == threads:
         return
+    from .procs import adopt
+
+    adopt(parent)
     import torch
 
     from merc.heads import feature_cache
