@@ -34,7 +34,7 @@ from torch import nn
 
 from ..losses import masked_cross_entropy, masked_mean
 from ..registry import register_head
-from ._common import key_padding, primary_categorical, zero_pads
+from ._common import key_padding, primary_categorical, sinusoidal_positions, zero_pads
 from .base import Batch, Head, HeadOutput, TaskSpec
 
 ROLE_ORDER = ("a", "t", "v")  # the code's "atv": it fixes the order of the AFW contraction
@@ -52,6 +52,9 @@ class Ada2IConfig:
     ffn_dim: int = 2048  # nn.TransformerEncoderLayer's default, which the code keeps
     afw_layers: int = 2
     dropout: float = 0.5
+    input_dropout: float = 0.0  # merc: dropout on the frozen input features (the code has none)
+    positions: bool = False  # merc: add sinusoidal positions to the encoders' input (the code has none: the
+    # transformer then sees a dialogue as a set of utterances, with no order)
     afw: bool = True  # off: encoder outputs go straight to the classifier ("w/o AFW")
     amw: bool = True  # off: plain concatenation + Linear(M*H -> C) ("w/o AMW")
     modulation: bool = True  # gradient modulation of the encoders by the disparity ratio
@@ -73,8 +76,11 @@ class ModalityEncoder(nn.Module):
         layer = nn.TransformerEncoderLayer(d_in, encoder_heads(d_in), cfg.ffn_dim, cfg.dropout, batch_first=True)
         self.transformer = nn.TransformerEncoder(layer, cfg.encoder_layers, enable_nested_tensor=False)
         self.out = nn.Linear(d_in, cfg.hidden)
+        self.positions = cfg.positions
 
     def forward(self, x_btd: torch.Tensor, pad_bt: torch.Tensor | None) -> torch.Tensor:
+        if self.positions:
+            x_btd = x_btd + sinusoidal_positions(x_btd.shape[1], x_btd.shape[2], x_btd.device, x_btd.dtype)
         return self.out(self.transformer(x_btd, src_key_padding_mask=pad_bt))
 
 
@@ -153,6 +159,7 @@ class Ada2I(Head):
         if not self.roles:
             raise ValueError(f"ada2i needs at least one of the roles {ROLE_ORDER}; got {sorted(dims)}")
         M, H = len(self.roles), cfg.hidden
+        self.drop_in = nn.Dropout(cfg.input_dropout)
         self.encoders = nn.ModuleDict({r: ModalityEncoder(dims[r], cfg) for r in self.roles})
         self.afw = nn.ModuleList([AFWLayer(M, cfg) for _ in range(cfg.afw_layers)]) if cfg.afw else nn.ModuleList()
         self.fc_out = nn.Linear(M * H, self.task.out_dim)  # AMW reads its weights per modality slice
@@ -176,7 +183,7 @@ class Ada2I(Head):
         pad = None if cfg.parity else key_padding(batch.mask)
         z_list = []
         for r in self.roles:
-            z_bth = self.encoders[r](batch.feats[r], pad)
+            z_bth = self.encoders[r](self.drop_in(batch.feats[r]), pad)
             z_list.append(z_bth if mask is None else zero_pads(z_bth, mask))
 
         l_feat = z_list[0].new_zeros(())
