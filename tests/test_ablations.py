@@ -5,7 +5,7 @@ two old ones gave.
     MMoLRE   (spec 3)        ablation none | pre_fusion | post_fusion, mixed shared-expert ranks, residual
     SUMMER   (spec 2.2, 2.3) SDMoE sparse routing at the default 4 experts, sdmoe=false, student loss terms
     MiSTER-E (spec 1.2)      gating soft | mean | top1; use_speech_expert, use_text_expert, use_fusion_expert
-    Ada2I    (spec 4.2, 4.4) afw, amw, modulation
+    Ada2I    (spec 4.2, 4.4) afw, amw, modulation; merc's positions and input_dropout
 """
 
 import dataclasses
@@ -368,6 +368,44 @@ def test_ada2i_modulation_switch(modulation):
     for name, p in model.named_parameters():
         scaled = modulation and name.startswith(("encoders.t.", "encoders.v."))
         assert torch.equal(p.grad, before[name]) != scaled, name
+
+
+def test_ada2i_positions_make_the_encoders_see_utterance_order():
+    """positions=true (merc's option): the same utterances in another order give other outputs, not permuted
+    ones; without positions the transformer sees a dialogue as a set (a permutation only permutes the output)."""
+    batch = make_batch(AD_DIMS, lengths=(5,))
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    shuffled = dataclasses.replace(batch, feats={r: x[:, perm] for r, x in batch.feats.items()})
+    with torch.no_grad():
+        for positions in (False, True):
+            model = ada2i(positions=positions, afw=False).eval()
+            same = torch.allclose(model(shuffled).logits["emotion"], model(batch).logits["emotion"][:, perm],
+                                  atol=1e-5)
+            assert same != positions
+    assert count_params(ada2i(positions=True)) == count_params(ada2i())  # sinusoidal: no parameters
+
+
+def test_ada2i_input_dropout_drops_input_features_in_training_only():
+    batch = make_batch(AD_DIMS)
+    model = ada2i(input_dropout=0.5)
+    seen = []
+    model.encoders["t"].register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    model.train()
+    model(batch)
+    x_t = batch.feats["t"]
+    kept = seen[0] != 0
+    torch.testing.assert_close(seen[0][kept], (x_t * 2)[kept])  # inverted dropout: survivors scaled by 1/(1-p)
+    real = x_t != 0
+    assert 0.3 < (~kept & real).sum() / real.sum() < 0.7  # about half of the real entries dropped
+    model.eval()
+    model(batch)
+    torch.testing.assert_close(seen[1], x_t)
+    torch.manual_seed(0)
+    default = ada2i()
+    default.train()
+    state = torch.random.get_rng_state()
+    default.drop_in(x_t)  # off by default: the input passes untouched and no random number is drawn
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 # -- one losses module: the numbers of the two old modules ---------------------------------------------------

@@ -259,3 +259,35 @@ def test_an_existing_dask_scheduler_takes_the_runs(store, tmp_path):
     assert [r["status"] for r in outcome.results] == ["complete"]
     assert outcome.results[0]["threads"] == max(1, (os.cpu_count() or 1) // 1)
     assert json.loads((Path(outcome.results[0]["run_dir"]) / "sweep.json").read_text())["seed"] == 5
+
+
+def test_runs_of_equal_cost_start_biggest_first(store, tmp_path):
+    """Runs of one head and schedule differ in time by their size: the sweep counts each head's parameters on
+    torch's meta device and starts the biggest first, so that no long run is left for the end."""
+    from merc.pipelines.sweep.engine import plan_states, tasks_for
+
+    path, features = store
+    spec = spec_dict(features, grid={}, seeds=1, variants=[{"name": f"h{h}", "set": {"head.hidden": h}}
+                                                            for h in (8, 64, 16, 32)])
+    planned = expand(load_spec(spec), store=path)
+    assert all(p.size > 0 for p in planned)
+    sizes = {p.variant: p.size for p in planned}
+    assert sizes["h64"] > sizes["h32"] > sizes["h16"] > sizes["h8"]
+    order = [t["variant"] for t in tasks_for(load_spec(spec), plan_states(planned, tmp_path), tmp_path, 1)]
+    assert order == ["h64", "h32", "h16", "h8"]
+
+
+def test_forked_workers_take_the_sweeps_directory_and_environment(tmp_path, monkeypatch):
+    """Local workers fork from a server that may have started earlier (another sweep in this process), under
+    another directory and environment: each takes the sweep's own, as a spawned process would."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from merc.pipelines.sweep.procs import context, parent_state, start_server
+    from merc.pipelines.sweep.worker import configure
+
+    start_server()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MERC_SWEEP_TEST", "from-the-sweep")
+    with ProcessPoolExecutor(1, mp_context=context(), initializer=configure, initargs=(1, parent_state())) as pool:
+        assert pool.submit(os.getcwd).result() == str(tmp_path)
+        assert pool.submit(os.getenv, "MERC_SWEEP_TEST").result() == "from-the-sweep"

@@ -282,3 +282,21 @@ def test_a_run_being_trained_cannot_be_resumed_twice(store, tmp_path):
         assert res.exit_code == 2 and "another merc-heads process is training" in res.output, res.output
     res = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "cut")])
     assert res.exit_code == 0 and read_status(tmp_path / "cut")["status"] == "complete", res.output
+
+
+def test_per_epoch_writes_are_atomic_but_flushed_only_when_the_run_ends(store, tmp_path, monkeypatch):
+    """Every epoch rewrites the resume state, run.json and (at an improvement) the weights, by atomic rename
+    but without fsync: two runs side by side otherwise wait on each other's flushes. What a run writes when it
+    ends is flushed, so the number of fsyncs does not grow with the epochs."""
+    flushed: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(checkpoint_mod.os, "fsync", lambda fd: (flushed.append(fd), real_fsync(fd))[1])
+    counts = {}
+    for epochs in (2, 8):
+        flushed.clear()
+        result = train_run(request(store, tmp_path, f"e{epochs}", epochs=epochs))
+        assert len(result.fit.history) == epochs
+        counts[epochs] = len(flushed)
+        assert read_status(result.run_dir)["status"] == "complete"
+        assert read_status(result.run_dir)["model_sha256"] == sha256_file(result.run_dir / "model.safetensors")
+    assert counts[8] == counts[2] > 0
