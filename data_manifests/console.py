@@ -19,3 +19,18 @@ def make_console(*, stderr: bool = False):
     stream = sys.stderr if stderr else sys.stdout
     tty = bool(getattr(stream, "isatty", lambda: False)())
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=None if tty else PIPED_WIDTH)
+
+
+class TerminalBar:
+    """Base of a command's progress display: `self.progress` is a rich Progress on a terminal and None elsewhere
+    (a log file gets no bar residue); entering and leaving the display go through here."""
+
+    progress = None
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc) if self.progress is not None else None

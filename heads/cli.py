@@ -23,6 +23,8 @@ from typing import Annotated
 
 import typer
 
+from merc.data_manifests.console import TerminalBar
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Train context, fusion and mixture-of-experts heads on features cached by merc-extract.")
 
@@ -181,7 +183,7 @@ def _interrupted(console, exc: KeyboardInterrupt, resuming: Path | None = None) 
     raise typer.Exit(130)
 
 
-class _Progress:
+class _Progress(TerminalBar):
     """A rich progress bar over each epoch's batches (on a terminal only: a log file gets no bar residue), and one
     line per finished epoch (a trainer Callback)."""
 
@@ -195,14 +197,6 @@ class _Progress:
                                      TimeElapsedColumn(), TextColumn("{task.fields[loss]}"), console=console,
                                      transient=True)
         self.task = None
-
-    def __enter__(self):
-        if self.progress is not None:
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc) if self.progress is not None else None
 
     def on_stage_start(self, stage: str, epochs: int) -> None:
         if stage != "main":

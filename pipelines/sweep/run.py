@@ -9,6 +9,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from merc.data_manifests.console import TerminalBar
+
 from .engine import STATES, SweepOutcome, describe, local_threads, plan_states, run_dask, run_local, tasks_for
 from .spec import PlannedRun, Variant, expand, load_spec
 
@@ -126,7 +128,7 @@ def _print_summary(console, outcome: SweepOutcome, total: int, argv: list[str] |
         console.print(escape(f"report: merc-heads report {outcome.out_dir} --by variant"))
 
 
-class _SweepProgress:
+class _SweepProgress(TerminalBar):
     """One bar for the whole sweep (on a terminal), one printed line per finished run."""
 
     def __init__(self, console, total: int):
@@ -138,14 +140,6 @@ class _SweepProgress:
             self.progress = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                      console=console, transient=True)
             self.task = self.progress.add_task("sweep", total=total)
-
-    def __enter__(self):
-        if self.progress is not None:
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc) if self.progress is not None else None
 
     def finished(self, line: str) -> None:
         from rich.markup import escape
