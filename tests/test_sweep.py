@@ -125,11 +125,11 @@ def _background_job() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a shell does to `cmd &`; spawned workers inherit it
 
 
-@pytest.mark.parametrize("how", ["sigkill-group", "sigint-group", "sigterm-background-sweep"])
+@pytest.mark.parametrize("how", ["sigkill-group", "sigkill-sweep", "sigint-group", "sigterm-background-sweep"])
 def test_a_killed_sweep_rerun_gives_every_run_exactly_once(store, tmp_path, how):
-    """Stop the sweep mid-way: SIGKILL to its whole process group (a killed job), SIGINT to the group (Ctrl-C in
-    a terminal), or SIGTERM to the sweep process alone when it runs as a background job (SIGINT ignored, `kill
-    <pid>`); rerun the same command: every run exists once and is complete, the runs that had finished are
+    """Stop the sweep mid-way: SIGKILL to its whole process group (a killed job), SIGKILL to the sweep process
+    alone (its workers then mark their runs interrupted and exit), SIGINT to the group (Ctrl-C in a terminal),
+    or SIGTERM to the sweep process alone when it runs as a background job (SIGINT ignored, `kill <pid>`); rerun the same command: every run exists once and is complete, the runs that had finished are
     untouched, the one in flight resumed from its last completed epoch, and no orphan trained on."""
     path, features = store
     spec = {"name": "kill", "head": "mlp", "dataset": "synth", "features": features, "seeds": 3,
@@ -152,15 +152,19 @@ def test_a_killed_sweep_rerun_gives_every_run_exactly_once(store, tmp_path, how)
         pytest.fail("the sweep never reached a complete run and a running one")
     if how == "sigkill-group":
         os.killpg(proc.pid, signal.SIGKILL)
+    elif how == "sigkill-sweep":
+        os.kill(proc.pid, signal.SIGKILL)
     elif how == "sigint-group":
         os.killpg(proc.pid, signal.SIGINT)
     else:
         os.kill(proc.pid, signal.SIGTERM)
     output = proc.communicate(timeout=60)[0]
-    if how != "sigkill-group":
+    if not how.startswith("sigkill"):
         assert proc.returncode == 130, output
         assert "rerun the same command" in output and "Traceback" not in output
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while _children_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not [p for p in _children_alive(proc.pid)], "a worker outlived the sweep"
     before = _statuses(root)
     complete_before = {n: s for n, s in before.items() if s and s["status"] == "complete"}

@@ -20,6 +20,8 @@ from typing import Any
 
 _configured: int | None = None  # threads this process was set to
 _stopping = False  # set by the first Ctrl-C/SIGTERM: runs queued to this worker after it are not started
+_parent_pid: int | None = None  # a local worker's parent when it started: the sweep, or the server it forks from
+_in_run = False  # a run is being trained or resumed in this process now
 
 
 def configure(threads: int, parent: dict | None = None) -> None:
@@ -39,6 +41,9 @@ def configure(threads: int, parent: dict | None = None) -> None:
     feature_cache.keep_features()
     stop_on_sigterm()
     _die_with_parent()
+    if parent is not None:  # a local worker (dask's are not started by this sweep)
+        _release_server()
+        _watch_parent()
     _configured = threads
 
 
@@ -65,6 +70,52 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass
+
+
+def _release_server() -> None:
+    """A local worker forked from the server (procs.py) holds a copy of the pipe by which the server knows that
+    the sweep process lives: close it, so that when the sweep dies the server reads the pipe's end and exits,
+    and this worker, whose parent the server is, gets its SIGTERM (_die_with_parent). A spawned worker has none."""
+    try:
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver
+        if server._forkserver_alive_fd is not None:
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_alive_fd = None
+    except (AttributeError, OSError):
+        pass
+
+
+def _watch_parent() -> None:
+    """When the sweep process dies, stop: an idle worker exits; a busy one stops its run as Ctrl-C does (marked
+    interrupted, resumable), and execute() then exits. The kernel's SIGTERM (_die_with_parent) may land on one of
+    torch's threads while the main thread waits in a blocking read, where Python never runs its handler, so a
+    thread watches the parent (the sweep, or the server, which exits with it) and signals the main thread."""
+    import threading
+
+    global _parent_pid
+    _parent_pid = os.getppid()
+    main_id = threading.main_thread().ident
+
+    def watch() -> None:
+        signalled = False
+        while True:
+            time.sleep(0.5)
+            if os.getppid() == _parent_pid:
+                continue
+            if not _in_run:
+                os._exit(1)
+            if not signalled and not _stopping:
+                signal.pthread_kill(main_id, signal.SIGTERM)
+                signalled = True
+
+    threading.Thread(target=watch, name="merc-sweep-parent-watch", daemon=True).start()
+
+
+def _sweep_gone() -> bool:
+    """The process this worker started under has died (the sweep, or the server that exits with it)."""
+    return _parent_pid is not None and os.getppid() != _parent_pid
 
 
 def dask_threads(task: dict[str, Any]) -> int:
@@ -120,7 +171,7 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
                            "pid": os.getpid(), "threads": threads}
     from .engine import ACTION, run_state
 
-    global _stopping
+    global _stopping, _in_run
     if _stopping:  # the sweep is stopping: a run already queued to this worker stays as it is (new or resumable)
         out.update(status="not started", seconds=0.0, setup_seconds=None, store_reads=0, started=time.time(),
                    ended=time.time())
@@ -133,6 +184,7 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
             out.update(_recorded_figures(run_dir))
         return out
     out["action"] = ACTION[state]
+    _in_run = True
     try:
         if out["action"] == "resume":
             result = resume_run(run_dir, callbacks=[record])
@@ -147,10 +199,14 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
         out.update(status="interrupted")
     except Exception as e:  # noqa: BLE001 - the sweep reports it and goes on with the other runs
         out.update(status="failed", error=f"{type(e).__name__}: {e}")
+    finally:
+        _in_run = False
     out["seconds"] = time.perf_counter() - t0
     out["started"], out["ended"] = started, time.time()  # wall clock: spawn and queue time, for benchmarks
     out["setup_seconds"] = record.setup_seconds
     out["store_reads"] = feature_cache.stats["pooled_reads"] + feature_cache.stats["frames_reads"] - reads_before
+    if out["status"] == "interrupted" and _sweep_gone():
+        os._exit(1)  # the sweep died (SIGTERM from the kernel): the run is marked interrupted; nobody is waiting
     return out
 
 
