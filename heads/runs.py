@@ -302,6 +302,15 @@ class _Prepared:
     encoders: dict[str, str]  # role -> the encoder its features came from (the store's feature-set record)
 
 
+def task_names(cls: type[Head], config: RunConfig) -> list[str] | None:
+    """The tasks a run asks for: the tree's, else the head's default (a multi-task head such as MMoLRE asks for
+    sentiment + emotions), else None (the dataset's first label space)."""
+    if config.data.tasks is not None:
+        return list(config.data.tasks)
+    default_tasks = getattr(cls, "default_tasks", None)
+    return default_tasks(config.head) if default_tasks else None
+
+
 def _prepare(config: RunConfig, callbacks: list[Callback] | None, *, fingerprints: dict | None = None,
              stats: dict | None = None) -> _Prepared:
     cls = head_cls_or_error(config.head_name)
@@ -309,10 +318,7 @@ def _prepare(config: RunConfig, callbacks: list[Callback] | None, *, fingerprint
     reader = feature_cache.reader(d.store)
     roles = resolve_roles(reader, d.dataset, d.features)
     check_roles(cls, roles)  # before any heavy read
-    # a multi-task head (MMoLRE: sentiment + emotions) may ask for every label space by default
-    default_tasks = getattr(cls, "default_tasks", None)
-    tasks = list(d.tasks) if d.tasks is not None else (default_tasks(config.head) if default_tasks else None)
-    data = HeadsData.load(d.store, d.dataset, roles, tasks=tasks, frames=FRAMES in cls.levels,
+    data = HeadsData.load(d.store, d.dataset, roles, tasks=task_names(cls, config), frames=FRAMES in cls.levels,
                           max_frames=dict(d.max_frames), normalize=d.normalize, fingerprints=fingerprints,
                           stats=stats)
     # the tree records what the request resolved to, so that `--config` repeats exactly this run

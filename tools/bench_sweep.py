@@ -73,11 +73,16 @@ def sweep(spec_path: Path, store: str, out: Path, workers: int) -> tuple[float, 
     return seconds, outcome.results
 
 
-def overhead(results: list[dict], sweep_start: float) -> dict[str, float]:
-    """Spawn per worker (first start - sweep start), shared over its runs, + each run's setup, vs run time."""
+def by_worker(results: list[dict]) -> dict[int, list[dict]]:
     by_pid: dict[int, list[dict]] = {}
     for r in results:
         by_pid.setdefault(r["pid"], []).append(r)
+    return by_pid
+
+
+def overhead(results: list[dict], sweep_start: float) -> dict[str, float]:
+    """Spawn per worker (first start - sweep start), shared over its runs, + each run's setup, vs run time."""
+    by_pid = by_worker(results)
     spawn = {pid: min(x["started"] for x in rs) - sweep_start for pid, rs in by_pid.items()}
     per_run = [spawn[r["pid"]] / len(by_pid[r["pid"]]) + (r["setup_seconds"] or 0.0) for r in results]
     run = [r["seconds"] for r in results]
@@ -91,11 +96,8 @@ def overhead(results: list[dict], sweep_start: float) -> dict[str, float]:
 
 def timeline(results: list[dict], sweep_start: float, wall: float) -> str:
     """Where a sweep's wall time went, per worker: before its first run, in runs, idle after its last."""
-    by_pid: dict[int, list[dict]] = {}
-    for r in results:
-        by_pid.setdefault(r["pid"], []).append(r)
     parts = []
-    for rs in by_pid.values():
+    for rs in by_worker(results).values():
         first = min(x["started"] for x in rs) - sweep_start
         last = max(x["ended"] for x in rs) - sweep_start
         busy = sum(x["seconds"] for x in rs)

@@ -22,7 +22,6 @@ same sweep run twice, is one run. Each planned run is resolved (every key and va
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
@@ -291,29 +290,22 @@ def parameter_count(tree: Any) -> int:
     try:
         import torch
 
+        from merc.heads import feature_cache
         from merc.heads.data import resolve_roles, resolve_tasks
         from merc.heads.registry import head_class
+        from merc.heads.runs import task_names
 
         d = tree.data
-        reader = _reader(str(d.store))
+        reader = feature_cache.reader(d.store)
         roles = resolve_roles(reader, d.dataset, d.features)
         dims = {r: int(reader.info(d.dataset, name)["dim"]) for r, name in roles.items()}
         cls = head_class(tree.head_name)
-        default_tasks = getattr(cls, "default_tasks", None)
-        names = list(d.tasks) if d.tasks is not None else (default_tasks(tree.head) if default_tasks else None)
-        tasks = resolve_tasks(reader.label_spaces(d.dataset), names)
+        tasks = resolve_tasks(reader.label_spaces(d.dataset), task_names(cls, tree))
         with torch.device("meta"):
             head = cls(tree.head, dims, tasks)
         return sum(p.numel() for p in head.parameters())
     except Exception:  # noqa: BLE001 - only an ordering hint: the run itself reports what is wrong
         return 0
-
-
-@functools.lru_cache(maxsize=8)
-def _reader(store: str):
-    from merc.extract.store.reader import StoreReader
-
-    return StoreReader(store)
 
 
 def estimate_cost(tree: Any) -> float:
